@@ -1,0 +1,1 @@
+"""Video datasets, video I/O and the latent cache."""

@@ -1,0 +1,1 @@
+"""FVD (I3D), IS (C3D), KVD, PSNR/SSIM/LPIPS."""

@@ -1,0 +1,1 @@
+"""Stage-1 autoencoder, the triplane UNet, discriminators and LPIPS."""

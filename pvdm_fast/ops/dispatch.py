@@ -1,0 +1,139 @@
+"""Backend selection for the fused ops.
+
+Every op registers which backends implement it and for which dtypes. `auto` picks, for CUDA tensors,
+the first of cuda > triton that is built and supports the input, else the reference; CPU tensors
+always get the reference. `PVDM_BACKEND=<name>` or `use_backend(name)` forces one backend, and
+forcing one that cannot run the input raises instead of silently falling back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from pvdm_fast.ops import _ext
+
+BACKENDS = ("reference", "triton", "cuda")
+AUTO_ORDER = ("cuda", "triton")
+
+
+def _parse(name: str | None) -> str | None:
+    if name is None or name.strip().lower() in ("", "auto"):
+        return None
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose one of auto, {', '.join(BACKENDS)}")
+    return name
+
+
+# The forced backend (None = auto). A plain module global so torch.compile can guard on it.
+_forced: str | None = None
+_env_error: str | None = None
+try:
+    _forced = _parse(os.environ.get("PVDM_BACKEND"))
+except ValueError as exc:
+    _env_error = f"PVDM_BACKEND: {exc}"
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Force `name` ('auto', 'reference', 'triton' or 'cuda') for every op inside the block."""
+    global _forced
+    previous, _forced = _forced, _parse(name)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def forced_backend() -> str | None:
+    if _env_error is not None:
+        raise ValueError(_env_error)
+    return _forced
+
+
+_TRITON_OK = _ext.triton is not None
+_CUDA_OK = _ext.cuda_kernels_built()
+
+
+def backend_unavailable_reason(backend: str, device_type: str) -> str | None:
+    """Why `backend` cannot run on `device_type` in this installation, or None when it can."""
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        if not _TRITON_OK:
+            return f"Triton is not importable ({_ext.TRITON_ERROR}); pip install triton"
+        if device_type != "cuda" and not _ext.triton_interpreted():
+            return "Triton needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)"
+        return None
+    if backend == "cuda":
+        if _ext._C is None:
+            return f"pvdm_fast._C did not load ({_ext.C_ERROR})"
+        if not _CUDA_OK:
+            return "pvdm_fast._C was built without CUDA kernels (reinstall with PVDM_CUDA=ON and nvcc on PATH)"
+        if device_type != "cuda":
+            return "the CUDA backend needs CUDA tensors"
+        return None
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """Which dtypes each backend of one op accepts."""
+
+    name: str
+    dtypes: dict = field(default_factory=dict)  # backend -> tuple of torch dtypes
+
+    def reason(self, backend: str, x: torch.Tensor) -> str | None:
+        if backend not in self.dtypes:
+            return f"{self.name} has no {backend} implementation"
+        why = backend_unavailable_reason(backend, x.device.type)
+        if why is None and x.dtype not in self.dtypes[backend]:
+            kinds = ", ".join(str(d).replace("torch.", "") for d in self.dtypes[backend])
+            why = f"the {backend} backend supports {kinds}, not {str(x.dtype).replace('torch.', '')}"
+        return why
+
+
+REGISTRY: dict[str, OpSpec] = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def select(spec: OpSpec, x: torch.Tensor) -> str:
+    """The backend that runs `spec` on `x` (see module docstring)."""
+    forced = forced_backend()
+    if forced is not None:
+        why = spec.reason(forced, x)
+        if why is not None:
+            raise RuntimeError(f"{spec.name}: backend {forced!r} was requested but {why}")
+        return forced
+    if x.device.type == "cuda":
+        for backend in AUTO_ORDER:
+            if spec.reason(backend, x) is None:
+                return backend
+    return "reference"
+
+
+def describe(device_type: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+    """Per op: each backend's availability on `device_type`, and what auto picks for `dtype`."""
+    rows = []
+    for spec in REGISTRY.values():
+        status = {}
+        for backend in BACKENDS:
+            if backend not in spec.dtypes:
+                status[backend] = "not implemented"
+                continue
+            why = backend_unavailable_reason(backend, device_type)
+            status[backend] = "available" if why is None else f"unavailable: {why}"
+        auto = "reference"
+        if device_type == "cuda":
+            auto = next((b for b in AUTO_ORDER if status.get(b) == "available" and dtype in spec.dtypes[b]),
+                        "reference")
+        rows.append({"op": spec.name, "backends": status, "auto": auto})
+    return rows

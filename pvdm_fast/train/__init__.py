@@ -1,0 +1,1 @@
+"""Trainers, EMA, checkpoints, distributed setup and logging."""

@@ -1,0 +1,43 @@
+"""Shared test setup: Triton's CPU interpreter when there is no GPU, the gpu marker, golden files."""
+
+import os
+import pathlib
+
+# Must happen before anything imports triton: on a machine without CUDA, Triton kernels run in the
+# interpreter so that CI checks them on the CPU.
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if _HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none is visible)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def golden_dir() -> pathlib.Path:
+    """`../shared/reference/golden` beside the checkout, or $PVDM_GOLDEN_DIR."""
+    env = os.environ.get("PVDM_GOLDEN_DIR")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
+
+
+@pytest.fixture
+def golden():
+    """Path to the golden folder; skips (with the path) when it is absent."""
+    path = golden_dir()
+    if not path.is_dir():
+        pytest.skip(f"golden vectors not found at {path} (set PVDM_GOLDEN_DIR)")
+    return path
