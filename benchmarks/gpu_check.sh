@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One command for a lent GPU: build with the CUDA kernels, run every GPU-marked test, run the kernel
+# benchmarks, and write benchmarks/results/<gpu>-<short commit>.json (device, versions, commit,
+# every test outcome and every benchmark number). Also copied to $OUT when that is set.
+# Budget: under 9 minutes in all. Usage: bash benchmarks/gpu_check.sh [--quick]
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+quick="${1:-}"
+work="$(mktemp -d "${TMPDIR:-/tmp}/pvdm_gpu.XXXXXX")"
+started=$(date +%s)
+
+export PVDM_CUDA="${PVDM_CUDA:-ON}"
+export PVDM_CUDA_ARCHS="${PVDM_CUDA_ARCHS:-90a-real}"
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo "${PVDM_COMMIT:-unknown}")"
+export PVDM_COMMIT="$commit"
+
+# Runtime dependencies the GPU box lacks (omegaconf, antlr4, av) travel as wheels in .whl/
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+echo "== build (PVDM_CUDA=$PVDM_CUDA PVDM_CUDA_ARCHS=$PVDM_CUDA_ARCHS)"
+build_rc=0
+python3 -m pip install -q --no-build-isolation --no-deps . > "$work/build.log" 2>&1 || build_rc=$?
+tail -n 30 "$work/build.log"
+# run from outside the checkout so the installed package (with _C) is imported, not the source tree
+cd "$work"
+python3 -c "import json, pvdm_fast.ops._ext as e; print(json.dumps(e.build_info()))" | tee build_info.json
+
+echo "== GPU tests"
+test_rc=0
+timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --rootdir "$root" -c "$root/pyproject.toml" \
+  --junitxml="$work/gpu_tests.xml" "$root/python_tests" 2>&1 | tail -n 40 || true
+test_rc=${PIPESTATUS[0]}
+
+echo "== kernel benchmarks"
+bench_rc=0
+timeout 180 python3 "$root/benchmarks/kernels.py" ${quick:+--quick} --json "$work/kernels.json" || bench_rc=$?
+
+for script in end_to_end.py; do
+  if [ -f "$root/benchmarks/$script" ]; then
+    echo "== $script"
+    left=$(( 500 - ($(date +%s) - started) ))
+    if [ "$left" -gt 30 ]; then
+      timeout "$left" python3 "$root/benchmarks/$script" ${quick:+--quick} --json "$work/${script%.py}.json" || true
+    fi
+  fi
+done
+
+python3 "$root/benchmarks/collect_results.py" --work "$work" --root "$root" --commit "$commit" \
+  --build-rc "$build_rc" --test-rc "$test_rc" --bench-rc "$bench_rc"
+rc=$?
+echo "== done in $(( $(date +%s) - started )) s"
+exit $(( build_rc || test_rc || rc ))

@@ -1,0 +1,116 @@
+"""Kernel micro-benchmarks: every fused op against torch eager and torch.compile of its reference.
+
+    python benchmarks/kernels.py [--quick] [--json PATH]
+
+Memory-bound ops report GB/s (bytes that must move: inputs read once, outputs written once) and the
+percentage of the device's measured copy bandwidth; attention reports TFLOP/s. This file holds the
+GroupNorm+SiLU entry; every `benchmarks/kernels_<op>.py` module's `rows()` is added to the table.
+"""
+from __future__ import annotations
+
+import importlib
+import pathlib
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _bench  # noqa: E402
+
+
+def _unet_gn_cases(quick: bool) -> list[dict]:
+    """The UNet's real shapes: batch 16, planes of the 16x256x256 latent grid at two levels."""
+    cases = [
+        dict(batch=16, channels=256, planes=[(32, 32), (16, 32), (16, 32)]),
+        dict(batch=16, channels=1024, planes=[(4, 4), (2, 4), (2, 4)]),
+    ]
+    return cases[:1] if quick else cases
+
+
+def group_norm_silu_rows(quick: bool = False) -> list[dict]:
+    from pvdm_fast import ops
+    from pvdm_fast.ops.group_norm_silu import group_norm_silu_reference
+
+    dev = torch.device("cuda")
+    copy_gbs = _bench.copy_bandwidth_gbs(dev)
+    dtype = torch.bfloat16
+    rows = []
+    for case in _unet_gn_cases(quick):
+        b, c = case["batch"], case["channels"]
+        segments = [r * k for r, k in case["planes"]]
+        length = sum(segments)
+        x = torch.randn(b, c, length, device=dev, dtype=dtype)
+        w = torch.randn(c, device=dev, dtype=dtype)
+        bias = torch.randn(c, device=dev, dtype=dtype)
+        scale = torch.randn(b, c, device=dev, dtype=dtype)
+        shift = torch.randn(b, c, device=dev, dtype=dtype)
+        dy = torch.randn_like(x)
+        elt = x.element_size()
+
+        def ref(xx, ww, bb, sc, sh):
+            return group_norm_silu_reference(xx, ww, bb, sc, sh, segments)[0]
+
+        compiled = torch.compile(ref, dynamic=False)
+
+        def fused_with(backend):
+            def run(xx, ww, bb, sc, sh):
+                with ops.use_backend(backend):
+                    return ops.group_norm_silu(xx, ww, bb, scale=sc, shift=sh, segments=segments)
+            return run
+
+        impls = {"torch eager": ref, "torch.compile": compiled}
+        status = next(r for r in ops.describe() if r["op"] == "group_norm_silu")["backends"]
+        for backend in ("triton", "cuda"):
+            if status.get(backend) == "available":
+                impls[backend] = fused_with(backend)
+
+        # fwd moves x in + y out; fwd+bwd adds dy in, x re-read, dx out (params are negligible)
+        for pass_, nbytes in (("fwd", 2 * x.numel() * elt), ("fwd+bwd", 5 * x.numel() * elt)):
+            for name, fn in impls.items():
+                if pass_ == "fwd":
+                    def call(fn=fn):
+                        return fn(x, w, bias, scale, shift)
+                else:
+                    xg = x.detach().requires_grad_(True)
+
+                    def call(fn=fn, xg=xg):
+                        fn(xg, w, bias, scale, shift).backward(dy)
+                try:
+                    ms = _bench.do_bench_ms(call)
+                except Exception as exc:  # a backend failing is a result, not a crash of the table
+                    rows.append(dict(op="group_norm_silu", shape=f"{b}x{c}x{segments}", dtype="bf16",
+                                     pass_=pass_, impl=name, error=f"{type(exc).__name__}: {exc}"[:120]))
+                    continue
+                gbs = nbytes / (ms * 1e-3) / 1e9
+                rows.append(dict(op="group_norm_silu", shape=f"{b}x{c}x{segments}", dtype="bf16",
+                                 pass_=pass_, impl=name, ms=ms, gbs=gbs,
+                                 pct_copy_bw=100 * gbs / copy_gbs))
+    return rows
+
+
+def all_rows(quick: bool = False) -> list[dict]:
+    rows = group_norm_silu_rows(quick)
+    here = pathlib.Path(__file__).resolve().parent
+    for path in sorted(here.glob("kernels_*.py")):
+        module = importlib.import_module(path.stem)
+        try:
+            rows.extend(module.rows(quick))
+        except Exception as exc:  # report and continue: one broken op must not hide the others
+            rows.append(dict(op=path.stem, error=f"{type(exc).__name__}: {exc}"[:200]))
+    return rows
+
+
+def main(argv=None) -> int:
+    args = _bench.parser(__doc__.splitlines()[0]).parse_args(argv)
+    if not _bench.require_gpu("kernels.py"):
+        return 0
+    rows = all_rows(args.quick)
+    print(f"device: {_bench.device_name()}   measured copy bandwidth: "
+          f"{_bench.copy_bandwidth_gbs():.0f} GB/s")
+    _bench.print_table(rows)
+    _bench.write_json(args.json, rows, copy_bandwidth_gbs=_bench.copy_bandwidth_gbs())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
