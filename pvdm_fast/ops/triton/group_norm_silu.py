@@ -35,6 +35,21 @@ def _region(C, L, G, S, o0, o1, o2, o3, o4, o5, o6, o7, n0, n1, n2, n3, n4, n5, 
 
 
 @triton.jit
+def _channel_params(W, Bias, Scale, Shift, b, C, ch, cm, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                    BLOCK_C: tl.constexpr):
+    # Per-channel affine (w, bias) and FiLM (1 + scale, shift) for one tile of channels.
+    w = tl.load(W + ch, mask=cm, other=0.0)
+    bi = tl.load(Bias + ch, mask=cm, other=0.0)
+    mul = tl.full([BLOCK_C], 1.0, tl.float32)
+    add = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_SCALE:
+        mul += tl.load(Scale + b * C + ch, mask=cm, other=0.0)
+    if HAS_SHIFT:
+        add = tl.load(Shift + b * C + ch, mask=cm, other=0.0)
+    return w, bi, mul, add
+
+
+@triton.jit
 def _gn_fwd_kernel(X, Y, W, Bias, Scale, Shift, Mean, Rstd, C, L, G, S, eps,
                    o0, o1, o2, o3, o4, o5, o6, o7, n0, n1, n2, n3, n4, n5, n6, n7,
                    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, APPLY_SILU: tl.constexpr,
@@ -70,14 +85,7 @@ def _gn_fwd_kernel(X, Y, W, Bias, Scale, Shift, Mean, Rstd, C, L, G, S, eps,
         cc = c0 + rc
         cm = cc < cg
         ch = g * cg + cc
-        w = tl.load(W + ch, mask=cm, other=0.0)
-        bi = tl.load(Bias + ch, mask=cm, other=0.0)
-        mul = tl.full([BLOCK_C], 1.0, tl.float32)
-        add = tl.zeros([BLOCK_C], dtype=tl.float32)
-        if HAS_SCALE:
-            mul += tl.load(Scale + b * C + ch, mask=cm, other=0.0)
-        if HAS_SHIFT:
-            add = tl.load(Shift + b * C + ch, mask=cm, other=0.0)
+        w, bi, mul, add = _channel_params(W, Bias, Scale, Shift, b, C, ch, cm, HAS_SCALE, HAS_SHIFT, BLOCK_C)
         for l0 in range(0, length, BLOCK_L):
             ll = l0 + rl
             m = cm[:, None] & (ll[None, :] < length)
@@ -127,14 +135,7 @@ def _gn_bwd_kernel(X, DY, DX, W, Bias, Scale, Shift, Mean, Rstd, PartW, PartB, P
         cc = c0 + rc
         cm = cc < cg
         ch = g * cg + cc
-        w = tl.load(W + ch, mask=cm, other=0.0)
-        bi = tl.load(Bias + ch, mask=cm, other=0.0)
-        mul = tl.full([BLOCK_C], 1.0, tl.float32)
-        add = tl.zeros([BLOCK_C], dtype=tl.float32)
-        if HAS_SCALE:
-            mul += tl.load(Scale + b * C + ch, mask=cm, other=0.0)
-        if HAS_SHIFT:
-            add = tl.load(Shift + b * C + ch, mask=cm, other=0.0)
+        w, bi, mul, add = _channel_params(W, Bias, Scale, Shift, b, C, ch, cm, HAS_SCALE, HAS_SHIFT, BLOCK_C)
         p_dz = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
         p_dza = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
         p_dax = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
@@ -162,14 +163,7 @@ def _gn_bwd_kernel(X, DY, DX, W, Bias, Scale, Shift, Mean, Rstd, PartW, PartB, P
         cc = c0 + rc
         cm = cc < cg
         ch = g * cg + cc
-        w = tl.load(W + ch, mask=cm, other=0.0)
-        bi = tl.load(Bias + ch, mask=cm, other=0.0)
-        mul = tl.full([BLOCK_C], 1.0, tl.float32)
-        add = tl.zeros([BLOCK_C], dtype=tl.float32)
-        if HAS_SCALE:
-            mul += tl.load(Scale + b * C + ch, mask=cm, other=0.0)
-        if HAS_SHIFT:
-            add = tl.load(Shift + b * C + ch, mask=cm, other=0.0)
+        w, bi, mul, add = _channel_params(W, Bias, Scale, Shift, b, C, ch, cm, HAS_SCALE, HAS_SHIFT, BLOCK_C)
         for l0 in range(0, length, BLOCK_L):
             ll = l0 + rl
             m = cm[:, None] & (ll[None, :] < length)
