@@ -1,0 +1,229 @@
+"""The latent cache: a dataset encoded once by the frozen autoencoder, read back for diffusion training.
+
+Layout of a cache folder:
+  manifest.json            format, autoencoder (sha256, config), data settings, videos, shards, count
+  shard-00000.safetensors  latent (n, 4, L), video (n,) int64, start (n,) int64
+Shard k holds the clips [k * shard_size, (k + 1) * shard_size) of the dataset (minus unreadable ones).
+A shard and then the manifest are written atomically after each shard, so an interrupted run resumes
+at the first missing shard. Diffusion training reads pairs: a clip's latent and the latent of the clip
+right before it in the same video (hop = frames * stride), or zeros when there is none; that is the
+official joint conditional training, whose condition is the first half of a 2T-frame clip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import torch
+
+CACHE_FORMAT = "pvdm_fast.latents.v1"
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_manifest(out: pathlib.Path, manifest: dict) -> None:
+    _atomic_write(out / MANIFEST, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(manifest, indent=1)))
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> dict:
+    path = pathlib.Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no latent cache at {cache_dir} (missing {MANIFEST}); build one with `pvdm encode`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path} is not a pvdm_fast latent cache (format {manifest.get('format')!r})")
+    return manifest
+
+
+def dataset_identity(dataset) -> dict:
+    """What must match for a resumed run to continue an existing cache."""
+    c = dataset.config
+    items = [(dataset.sources[v].path, s) for v, s in dataset.plan.items]
+    return {"name": dataset.name, "resolution": dataset.resolution, "frames": c.frames, "stride": c.stride,
+            "offsets": list(c.offsets), "clips_per_video": c.clips_per_video, "antialias": dataset.antialias,
+            "items": len(items), "items_sha256": hashlib.sha256(json.dumps(items).encode()).hexdigest()}
+
+
+def _start_manifest(out: pathlib.Path, autoencoder_id: str, autoencoder_config: dict, dataset,
+                    shard_size: int, store_dtype: torch.dtype) -> dict:
+    fresh = {"format": CACHE_FORMAT, "autoencoder": {"sha256": autoencoder_id, "config": autoencoder_config},
+             "data": dataset_identity(dataset), "videos": [s.path for s in dataset.sources],
+             "hop": dataset.config.hop, "shard_size": shard_size, "store_dtype": str(store_dtype).split(".")[-1],
+             "shards": [], "failed": [], "count": 0, "complete": False}
+    if not (out / MANIFEST).exists():
+        return fresh
+    old = read_manifest(out)
+    for key, what in (("autoencoder", "autoencoder"), ("data", "data settings"), ("shard_size", "shard size"),
+                      ("store_dtype", "storage dtype")):
+        if old[key] != fresh[key]:
+            raise ValueError(f"{out} holds a latent cache with a different {what} ({key}: {old[key]} vs "
+                             f"{fresh[key]}); pass a new --out folder or delete the old cache")
+    return old
+
+
+@torch.no_grad()
+def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.PathLike, *, autoencoder_id: str,
+                   autoencoder_config: dict | None = None, batch_size: int = 8, shard_size: int = 1024,
+                   device: str | torch.device | None = None, store_dtype: torch.dtype = torch.float16,
+                   num_workers: int = 0, progress: bool = True) -> dict:
+    """Encode every clip of `dataset` (a ClipDataset, normally in "windows" mode with substitute off)
+    into `out_dir`; resumes an interrupted run. `autoencoder.encode(video (B,3,T,H,W)) -> (B,4,L)`.
+    On a GPU the encoder runs under bf16 autocast. Latents are stored as `store_dtype` (float16 by
+    default: they lie in (-1, 1), where float16 keeps 11 bits). Returns the manifest."""
+    from tqdm import tqdm
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _start_manifest(out, autoencoder_id, autoencoder_config or {}, dataset, shard_size, store_dtype)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autoencoder.eval().to(device)
+    done = {s["index"] for s in manifest["shards"] if (out / s["file"]).is_file()}
+    manifest["shards"] = [s for s in manifest["shards"] if s["index"] in done]
+    num_shards = -(-len(dataset) // shard_size)
+    bar = tqdm(total=len(dataset), initial=sum(s["items"] for s in manifest["shards"]), unit="clip",
+               disable=not progress, desc="encode")
+    for k in range(num_shards):
+        if k in done:
+            continue
+        items = range(k * shard_size, min(len(dataset), (k + 1) * shard_size))
+        tensors, failed = _encode_items(autoencoder, dataset, items, batch_size, device, num_workers, bar)
+        shard = {"index": k, "file": f"shard-{k:05d}.safetensors", "first_item": items[0], "items": len(items),
+                 "count": len(tensors["video"])}
+        _save_shard(out / shard["file"], tensors, store_dtype)
+        manifest["shards"] = sorted(manifest["shards"] + [shard], key=lambda s: s["index"])
+        manifest["failed"] = [f for f in manifest["failed"] if not items[0] <= f["item"] < items[-1] + 1] + failed
+        manifest["count"] = sum(s["count"] for s in manifest["shards"])
+        _write_manifest(out, manifest)
+    bar.close()
+    manifest["complete"] = True
+    _write_manifest(out, manifest)
+    return manifest
+
+
+def _encode_items(autoencoder, dataset, items: range, batch_size: int, device: torch.device, num_workers: int,
+                  bar) -> tuple[dict, list[dict]]:
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(items)), batch_size=batch_size,
+                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    latents, videos, starts, failed = [], [], [], []
+    for batch in loader:
+        ok = batch["ok"]
+        for i in (~ok).nonzero().flatten().tolist():
+            failed.append({"item": int(batch["index"][i]), "path": dataset.sources[int(batch["video_index"][i])].path,
+                           "start": int(batch["start"][i])})
+        if ok.any():
+            video = batch["video"][ok].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                latent = autoencoder.encode(video)
+            latents.append(latent.float().cpu())
+            videos.append(batch["video_index"][ok])
+            starts.append(batch["start"][ok])
+        bar.update(len(ok))
+    if not latents:
+        return {"latent": torch.zeros(0), "video": torch.zeros(0, dtype=torch.int64),
+                "start": torch.zeros(0, dtype=torch.int64)}, failed
+    return {"latent": torch.cat(latents), "video": torch.cat(videos).long(), "start": torch.cat(starts).long()}, failed
+
+
+def _save_shard(path: pathlib.Path, tensors: dict, store_dtype: torch.dtype) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {**tensors, "latent": tensors["latent"].to(store_dtype).contiguous()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": CACHE_FORMAT}))
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Cached latents as training pairs. `dataset[i]` (or `[(i, epoch)]`) returns a dict:
+      latent (4, L) float32: clip i; cond (4, L) float32: the clip `hop` frames earlier in the same
+      video, or zeros; cond_valid: bool; index: int.
+    Shards are memory-mapped (safetensors) and opened lazily in each worker process.
+    `autoencoder_id` (the checkpoint's sha256) refuses a cache built by another autoencoder."""
+
+    def __init__(self, cache_dir: str | os.PathLike, autoencoder_id: str | None = None):
+        from safetensors import safe_open
+
+        self.dir = pathlib.Path(cache_dir)
+        self.manifest = read_manifest(self.dir)
+        built_by = self.manifest["autoencoder"]["sha256"]
+        if autoencoder_id is not None and autoencoder_id != built_by:
+            raise ValueError(f"latent cache {self.dir} was built by autoencoder {built_by[:12]}, not "
+                             f"{autoencoder_id[:12]}; re-encode with `pvdm encode` for this autoencoder")
+        if not self.manifest["complete"]:
+            raise ValueError(f"latent cache {self.dir} is incomplete (an interrupted `pvdm encode`); "
+                             "run the same command again to finish it")
+        self.rows: list[tuple[int, int]] = []  # (shard position, row)
+        keys: list[tuple[int, int]] = []
+        for pos, shard in enumerate(self.manifest["shards"]):
+            with safe_open(str(self.dir / shard["file"]), framework="pt") as f:
+                videos, starts = f.get_tensor("video").tolist(), f.get_tensor("start").tolist()
+            self.rows += [(pos, r) for r in range(len(videos))]
+            keys += list(zip(videos, starts))
+        if not self.rows:
+            raise ValueError(f"latent cache {self.dir} holds no latents")
+        where = {key: i for i, key in enumerate(keys)}
+        hop = self.manifest["hop"]
+        self.cond_of = [where.get((v, s - hop), -1) for v, s in keys]
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self._row(0).shape)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}}  # file handles do not cross process boundaries
+
+    def _row(self, i: int) -> torch.Tensor:
+        from safetensors import safe_open
+
+        pos, row = self.rows[i]
+        if pos not in self._handles:
+            self._handles[pos] = safe_open(str(self.dir / self.manifest["shards"][pos]["file"]), framework="pt")
+        return self._handles[pos].get_slice("latent")[row:row + 1][0].float()
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index = key[0] if isinstance(key, tuple) else key
+        latent = self._row(index)
+        c = self.cond_of[index]
+        cond = self._row(c) if c >= 0 else torch.zeros_like(latent)
+        return {"latent": latent, "cond": cond, "cond_valid": c >= 0, "index": index}
+
+
+def encode_to_cache(autoencoder: torch.nn.Module, spec: str, out_dir: str | os.PathLike, *, autoencoder_id: str,
+                    autoencoder_config: dict, resolution: int, frames: int, stride: int = 1,
+                    offsets: tuple[int, ...] = (0,), clips_per_video: int = 0, split: str | None = None,
+                    fold: int = 1, antialias: bool = True, **encode_kwargs) -> dict:
+    """Open `spec` as consecutive T-frame windows (at each offset) and encode it into `out_dir`."""
+    from pvdm_fast.data.dataset import open_dataset
+
+    dataset = open_dataset(spec, resolution=resolution, frames=frames, stride=stride, mode="windows",
+                           offsets=offsets, clips_per_video=clips_per_video, split=split, fold=fold,
+                           antialias=antialias, substitute=False)
+    return encode_dataset(autoencoder, dataset, out_dir, autoencoder_id=autoencoder_id,
+                          autoencoder_config=autoencoder_config, **encode_kwargs)
