@@ -20,7 +20,7 @@ MODES = ("train", "eval", "windows")
 @dataclass(frozen=True)
 class ClipConfig:
     """frames: T. mode: "train" draws a random start per (epoch, item); "eval" uses `clips_per_video`
-    fixed, evenly spaced starts (the first at frame 0); "windows" tiles each video with consecutive
+    fixed, evenly spaced distinct starts (the first at frame 0); "windows" tiles each video with consecutive
     T-frame windows starting at each of `offsets` (for the latent cache, where a window's condition
     is the window before it), at most `clips_per_video` per video when > 0."""
 
@@ -97,7 +97,7 @@ class ClipPlan:
             self.items.append((video, -1))
         elif c.mode == "eval":
             k = c.clips_per_video
-            starts = [round(i * free / (k - 1)) for i in range(k)] if k > 1 else [0]
+            starts = sorted({round(i * free / (k - 1)) for i in range(k)}) if k > 1 else [0]
             self.items.extend((video, s) for s in starts)
         else:
             starts = sorted(s for o in c.offsets for s in range(o, free + 1, c.hop))

@@ -105,8 +105,8 @@ def find_sources(spec: DataSpec, *, split: str | None, fold: int, verify: bool, 
         raise ValueError(f"{spec.format} data has no splits; leave the split unset (got {split!r})")
     if spec.format in SPLITS:
         split = split or DEFAULT_SPLIT[spec.format]
-        if split == "val":
-            split = "test"
+        if split == "val" and spec.format == "sky":
+            split = "test"  # sky's test folder may be called val
         if split not in SPLITS[spec.format]:
             raise ValueError(f"{spec.format} split must be one of {SPLITS[spec.format]}, got {split!r}")
     if spec.format == "ucf101":

@@ -43,12 +43,22 @@ def _av_errors() -> tuple[type[BaseException], ...]:
     return (getattr(av, "FFmpegError", OSError), OSError, ValueError, EOFError)
 
 
+def _describe(exc: BaseException) -> str:
+    """FFmpeg's message without the path it repeats."""
+    return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+
+
 def _count_packets(container, stream) -> int:
-    """Frames by demuxing only (no decoding): every packet except the empty end-of-stream marker."""
+    """Frames by demuxing only (no decoding): every packet except the empty end-of-stream marker.
+    A demuxer error part-way counts as the end of the file (that is what a truncated file looks like)."""
     count = 0
-    for packet in container.demux(stream):
-        if packet.size > 0 or packet.pts is not None:
-            count += 1
+    try:
+        for packet in container.demux(stream):
+            if packet.size > 0 or packet.pts is not None:
+                count += 1
+    except _av_errors():
+        if count == 0:
+            raise
     return count
 
 
@@ -76,7 +86,7 @@ def probe_video(path: str | os.PathLike, verify: bool = False) -> VideoInfo:
             counted = _count_packets(container, stream) if verify or header == 0 else None
             width, height = stream.codec_context.width, stream.codec_context.height
     except _av_errors() as exc:
-        raise VideoDecodeError(path, f"unreadable ({type(exc).__name__}: {exc})") from None
+        raise VideoDecodeError(path, f"unreadable ({_describe(exc)})") from None
     if counted is not None and header and counted < header:
         raise VideoDecodeError(path, f"truncated: header says {header} frames, the file holds {counted}")
     frames = counted if header == 0 else header
@@ -147,7 +157,7 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
     except VideoDecodeError:
         raise
     except _av_errors() as exc:
-        raise VideoDecodeError(path, f"decoding failed ({type(exc).__name__}: {exc})") from None
+        raise VideoDecodeError(path, f"decoding failed ({_describe(exc)})") from None
     return np.stack([got[int(i)] for i in indices])
 
 
