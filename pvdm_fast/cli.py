@@ -87,9 +87,66 @@ def _add_encode(sub) -> None:
     p.set_defaults(func=_cmd_encode)
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pvdm_fast.pipeline import Pipeline
+    from pvdm_fast.sample_job import parse_formats, resolve_sampler, sample_to_folder
+
+    formats = parse_formats(args.format)
+    sampler, steps, eta = resolve_sampler(args.protocol, args.sampler, args.steps, args.eta)
+    options = dict(device=args.device, precision=args.precision, compile=args.compile, cuda_graph=args.cuda_graph)
+    if args.autoencoder and args.diffusion and not (args.official_autoencoder or args.official_diffusion):
+        pipe = Pipeline.from_checkpoints(autoencoder=args.autoencoder, diffusion=args.diffusion, **options)
+        model_id = f"{args.autoencoder}|{args.diffusion}"
+    elif args.official_autoencoder and args.official_diffusion and not (args.autoencoder or args.diffusion):
+        pipe = Pipeline.from_official(args.official_autoencoder, args.official_diffusion, args.config,
+                                      overrides=args.overrides, **options)
+        model_id = f"{args.official_autoencoder}|{args.official_diffusion}|{args.config}|{args.overrides}"
+    else:
+        raise ValueError("pass either --autoencoder and --diffusion (pvdm_fast weights) or "
+                         "--official-autoencoder and --official-diffusion (official .pth) with --config")
+    result = sample_to_folder(pipe, args.out, num=args.num, batch_size=args.batch_size, seed=args.seed,
+                              formats=formats, fps=args.fps, frames=args.frames, sampler=sampler, steps=steps,
+                              eta=eta, guidance=args.guidance, condition=args.condition,
+                              clip_x0=not args.no_clip, model_id=model_id, progress=not args.quiet)
+    print(f"{args.out}: {result['total']} videos ({result['existing']} already there, "
+          f"{result['generated']} generated)")
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="sample videos (any length) into a folder; resumable")
+    p.add_argument("--autoencoder", help="autoencoder weights (.safetensors from pvdm_fast)")
+    p.add_argument("--diffusion", help="diffusion UNet weights (.safetensors from pvdm_fast, e.g. the EMA)")
+    p.add_argument("--official-autoencoder", help="official PVDM autoencoder .pth")
+    p.add_argument("--official-diffusion", help="official PVDM diffusion .pth")
+    p.add_argument("--config", default="ucf101-256", help="preset or YAML for official checkpoints")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (official checkpoints)")
+    p.add_argument("--out", required=True, help="output folder (existing videos are kept and counted)")
+    p.add_argument("--num", type=int, default=16, help="number of videos")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--frames", type=int, default=None, help="frames per video, a multiple of the clip length")
+    p.add_argument("--protocol", choices=("official",), default=None, help="official: DDIM, 400 steps, eta 1")
+    p.add_argument("--sampler", choices=("ddim", "ddpm", "dpm++2m"), default=None, help="default ddim")
+    p.add_argument("--steps", type=int, default=None, help="default: ddim 400, dpm++2m 25, ddpm all")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise scale (default 1, the official)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance weight w (default: the config's)")
+    p.add_argument("--condition", choices=("reencode", "latent"), default="reencode",
+                   help="long videos: condition on the re-encoded previous clip (official) or its latent")
+    p.add_argument("--no-clip", action="store_true", help="do not clip the x0 prediction to [-1, 1]")
+    p.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
+    p.add_argument("--format", default="mp4", help="comma-separated: mp4, gif, png, npz")
+    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on GPUs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--cuda-graph", action="store_true", help="capture the denoising step in a CUDA graph")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sample)
+
+
 # Each entry adds one subcommand; subcommand modules keep their imports inside the handler so that
 # `pvdm info` stays fast and needs no optional dependency.
-SUBCOMMANDS = [_add_info, _add_data, _add_encode]
+SUBCOMMANDS = [_add_info, _add_data, _add_encode, _add_sample]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,176 @@
+"""The `pvdm sample` job: batched, resumable sampling of many videos into one folder.
+
+Video i is generated from seed `seed + i`, so it is the same whatever the batch size and whether or
+not the run was interrupted. Each output is written to a temporary name and renamed into place, so
+a file with its final name is always complete; on restart, videos whose every requested output
+exists are kept and counted, not redone. `sample_settings.json` records what produced the folder,
+and a restart with different settings is refused rather than mixing two sets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Callable, Sequence
+
+import numpy as np
+
+FORMATS = ("mp4", "gif", "png", "npz")
+SETTINGS_FILE = "sample_settings.json"
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'mp4,npz' -> ('mp4', 'npz'); unknown names are a ValueError."""
+    names = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    bad = [n for n in names if n not in FORMATS]
+    if not names or bad:
+        raise ValueError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got {text!r}")
+    return names
+
+
+def output_path(out: pathlib.Path, index: int, fmt: str) -> pathlib.Path:
+    """mp4/gif/npz: a file per video; png: a folder of frame_0000.png ... per video."""
+    stem = f"video_{index:06d}"
+    return out / (stem if fmt == "png" else f"{stem}.{fmt}")
+
+
+def is_done(out: pathlib.Path, index: int, formats: Sequence[str]) -> bool:
+    return all(output_path(out, index, f).exists() for f in formats)
+
+
+def _atomic_file(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
+    # The temporary name keeps the suffix: the mp4/gif writers pick the container from it.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(pathlib.Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_png_folder(path: pathlib.Path, video: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        for t, frame in enumerate(video):
+            Image.fromarray(frame).save(tmp / f"frame_{t:04d}.png")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _write_gif(path: pathlib.Path, video: np.ndarray, fps: float) -> None:
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in video]
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=max(1, round(1000 / fps)), loop=0)
+
+
+def _write_npz(path: pathlib.Path, video: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, video=video)  # lossless uint8 (T, H, W, 3): the metrics' input format
+
+
+def write_video_outputs(out: pathlib.Path, index: int, video: np.ndarray, formats: Sequence[str],
+                        fps: float) -> None:
+    """Write one video (uint8 (T, H, W, 3)) in every requested format, each atomically."""
+    from pvdm_fast.data.video_io import write_video
+
+    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 video (T, H, W, 3), got {video.dtype} {video.shape}")
+    for fmt in formats:
+        path = output_path(out, index, fmt)
+        if fmt == "png":
+            _write_png_folder(path, video)
+        elif fmt == "mp4":
+            _atomic_file(path, lambda p: write_video(p, video, fps=fps))
+        elif fmt == "gif":
+            _atomic_file(path, lambda p: _write_gif(p, video, fps))
+        else:
+            _atomic_file(path, lambda p: _write_npz(p, video))
+
+
+def check_settings(out: pathlib.Path, settings: dict) -> None:
+    """Record the settings in a new folder; refuse to resume a folder made with other settings."""
+    path = out / SETTINGS_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            raise ValueError(f"{out} holds videos sampled with other settings ({', '.join(diff)} differ: "
+                             f"{ {k: old.get(k) for k in diff} } there, { {k: settings.get(k) for k in diff} } "
+                             "now); use a new --out folder to sample a different set")
+        return
+    _atomic_file(path, lambda p: p.write_text(json.dumps(settings, indent=1, sort_keys=True)))
+
+
+def run_sample_job(generate: Callable[[list[int]], np.ndarray], out: str | os.PathLike, num: int,
+                   batch_size: int, seed: int, formats: Sequence[str], fps: float = 16.0,
+                   settings: dict | None = None, progress: bool = True) -> dict:
+    """Sample videos 0..num-1 into `out`, skipping finished ones.
+
+    generate(seeds) -> uint8 (len(seeds), T, H, W, 3). Returns {"existing", "generated", "total"}.
+    """
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
+    if fps <= 0:
+        raise ValueError(f"--fps must be positive, got {fps}")
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, {**(settings or {}), "seed": seed})
+    todo = [i for i in range(num) if not is_done(out, i, formats)]
+    existing = num - len(todo)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=num, initial=existing, unit="video", desc="sampling", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        indices = todo[start:start + batch_size]
+        videos = generate([seed + i for i in indices])
+        for index, video in zip(indices, videos):
+            write_video_outputs(out, index, np.asarray(video), formats, fps)
+        bar.update(len(indices))
+    bar.close()
+    return {"existing": existing, "generated": len(todo), "total": num}
+
+
+def resolve_sampler(protocol: str | None, sampler: str | None, steps: int | None,
+                    eta: float | None) -> tuple[str, int | None, float | None]:
+    """Apply `--protocol official` (DDIM, 400 steps, eta 1); explicit flags may not contradict it."""
+    from pvdm_fast.diffusion.samplers import OFFICIAL_PRESET
+
+    if protocol is None:
+        return sampler or "ddim", steps, eta
+    if protocol != "official":
+        raise ValueError(f"unknown --protocol {protocol!r}; the only preset is 'official'")
+    given = {"sampler": sampler, "steps": steps, "eta": eta}
+    clash = {k: v for k, v in given.items() if v is not None and v != OFFICIAL_PRESET[k]}
+    if clash:
+        raise ValueError(f"--protocol official means {OFFICIAL_PRESET}; drop the contradicting "
+                         f"{', '.join(f'--{k} {v}' for k, v in clash.items())}")
+    return OFFICIAL_PRESET["sampler"], OFFICIAL_PRESET["steps"], OFFICIAL_PRESET["eta"]
+
+
+def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int, seed: int,
+                     formats: Sequence[str], fps: float = 16.0, frames: int | None = None,
+                     sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
+                     guidance: float | None = None, condition: str = "reencode", clip_x0: bool = True,
+                     model_id: str = "", progress: bool = True) -> dict:
+    """`run_sample_job` with a Pipeline; the settings that change the videos guard the folder."""
+    frames = pipe.clip_frames if frames is None else frames
+    settings = {"model": model_id, "frames": frames, "sampler": sampler, "steps": steps, "eta": eta,
+                "guidance": guidance, "condition": condition, "clip_x0": clip_x0}
+
+    def generate(seeds: list[int]) -> np.ndarray:
+        return pipe(frames=frames, seeds=seeds, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                    condition=condition, clip_x0=clip_x0).numpy()
+
+    return run_sample_job(generate, out, num, batch_size, seed, formats, fps, settings, progress)
