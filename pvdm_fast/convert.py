@@ -64,3 +64,69 @@ def load_strict(module: torch.nn.Module, sd: dict, what: str) -> torch.nn.Module
 
 
 # ---- UNet (models/unet.py) ----
+
+# Official UNetModel arguments that do not change the weights' meaning for the triplane UNet.
+_UNET_IGNORED = {"image_size", "use_fp16", "legacy", "use_new_attention_order", "num_heads_upsample",
+                 "use_spatial_transformer", "transformer_depth", "context_dim", "n_embed", "num_classes"}
+_UNET_RENAMED = {"use_checkpoint": "checkpoint"}
+
+
+def unet_config_from_official(sd: dict, latent_shape, **official) -> "UNetConfig":
+    """A UNetConfig from the official YAML arguments (their key names) plus what the weights imply."""
+    from dataclasses import fields
+
+    from pvdm_fast.models.unet import UNetConfig
+
+    if "input_blocks.0.0.weight" not in sd or "out.2.weight" not in sd:
+        raise ValueError("not an official PVDM UNet state dict: input_blocks.0.0.weight / out.2.weight missing")
+    if official.pop("dims", 2) != 2:
+        raise ValueError("only the 2D (dims=2) official UNet is supported")
+    if official.get("num_heads_upsample", -1) not in (-1, official.get("num_heads", 8)):
+        raise ValueError("num_heads_upsample different from num_heads is not supported")
+    names = {f.name for f in fields(UNetConfig)}
+    kwargs = {}
+    for key, value in official.items():
+        key = _UNET_RENAMED.get(key, key)
+        if key in _UNET_IGNORED:
+            continue
+        if key not in names:
+            raise ValueError(f"unknown official UNet argument {key!r}; known: {', '.join(sorted(names))}")
+        kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    stem = sd["input_blocks.0.0.weight"]
+    kwargs.setdefault("cond_model", "zeros" in sd)
+    kwargs.setdefault("model_channels", int(stem.shape[0]))
+    kwargs.setdefault("in_channels", int(stem.shape[1]) // (2 if kwargs["cond_model"] else 1))
+    kwargs.setdefault("out_channels", int(sd["out.2.weight"].shape[0]))
+    frames, height, width = (int(s) for s in latent_shape)
+    return UNetConfig(frames=frames, height=height, width=width, **kwargs)
+
+
+def unet_from_official(source, config=None, *, latent_shape=None, **official) -> "TriplaneUNet":
+    """An official PVDM UNet (state dict or `.pth` path) -> TriplaneUNet, loaded strictly.
+
+    Either pass our `UNetConfig`, or `latent_shape=(T, h, w)` plus the official YAML arguments
+    (model_channels, channel_mult, num_res_blocks, attention_resolutions, num_heads, ...); channels and
+    conditioning are then read from the weights. Module names match the official ones, so the only
+    change is dropping the `zeros` buffer, whose size the official code hard-codes (we build zeros on
+    the fly for any latent length).
+    """
+    from pvdm_fast.models.unet import TriplaneUNet, UNetConfig
+
+    sd = strip_prefixes(read_official(source))
+    if config is None:
+        if latent_shape is None:
+            raise ValueError("unet_from_official: pass a UNetConfig or latent_shape=(T, h, w) with the official arguments")
+        config = unet_config_from_official(sd, latent_shape, **official)
+    elif official or latent_shape is not None:
+        raise ValueError("unet_from_official: pass either a UNetConfig or latent_shape + official arguments, not both")
+    elif not isinstance(config, UNetConfig):
+        config = UNetConfig(**dict(config))
+    zeros = sd.get("zeros")
+    if zeros is not None and bool(zeros.any()):
+        raise ValueError("official UNet checkpoint has a non-zero `zeros` buffer; it is not a PVDM UNet")
+    sd = {k: v for k, v in sd.items() if k != "zeros"}
+    with torch.device("meta"):
+        model = TriplaneUNet(config)
+    model = model.to_empty(device="cpu")
+    load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "unet_from_official")
+    return model
