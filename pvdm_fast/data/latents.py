@@ -116,7 +116,7 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.Path
                  "count": len(tensors["video"])}
         _save_shard(out / shard["file"], tensors, store_dtype)
         manifest["shards"] = sorted(manifest["shards"] + [shard], key=lambda s: s["index"])
-        manifest["failed"] = [f for f in manifest["failed"] if not items[0] <= f["item"] < items[-1] + 1] + failed
+        manifest["failed"] = [f for f in manifest["failed"] if f["item"] not in items] + failed
         manifest["count"] = sum(s["count"] for s in manifest["shards"])
         _write_manifest(out, manifest)
     bar.close()
@@ -206,6 +206,14 @@ class LatentDataset(torch.utils.data.Dataset):
         if pos not in self._handles:
             self._handles[pos] = safe_open(str(self.dir / self.manifest["shards"][pos]["file"]), framework="pt")
         return self._handles[pos].get_slice("latent")[row:row + 1][0].float()
+
+    def tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents (N, 4, L) in the stored dtype, cond_index (N,) int64 with -1 for "no condition"):
+        the whole cache at once, for trainers that gather batches on the GPU without a DataLoader."""
+        from safetensors.torch import load_file
+
+        latents = torch.cat([load_file(str(self.dir / s["file"]))["latent"] for s in self.manifest["shards"]])
+        return latents.to(device), torch.tensor(self.cond_of, dtype=torch.int64, device=device)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index = key[0] if isinstance(key, tuple) else key

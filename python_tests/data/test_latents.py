@@ -54,6 +54,10 @@ def test_round_trip_and_pairs(tmp_path):
             expected = cache[previous]["latent"] if previous is not None else torch.zeros_like(item["latent"])
             assert torch.equal(item["cond"], expected)
     assert sum(cache[i]["cond_valid"] for i in range(len(cache))) == 3 * 3  # starts 4, 8, 6 have a previous
+    latents, cond_index = cache.tensors()
+    assert latents.shape == (len(cache), *cache.latent_shape)
+    for i in (0, 2, len(cache) - 1):
+        assert torch.equal(latents[i], cache[i]["latent"]) and (cond_index[i] >= 0) == cache[i]["cond_valid"]
 
 
 def test_resume_after_interruption(tmp_path):
