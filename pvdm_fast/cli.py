@@ -144,9 +144,27 @@ def _add_sample(sub) -> None:
     p.set_defaults(func=_cmd_sample)
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from pvdm_fast.convert import convert_official_file
+
+    convert_official_file(args.kind, args.source, args.dest, args.config, args.overrides)
+    print(f"{args.dest}: {args.kind} converted from {args.source} (config {args.config})")
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="official PVDM .pth -> pvdm_fast weights (.safetensors with its config)")
+    p.add_argument("source", help="official checkpoint (.pth; `module.` / `diffusion_model.` prefixes are fine)")
+    p.add_argument("dest", help="output .safetensors")
+    p.add_argument("--kind", choices=("autoencoder", "unet"), required=True)
+    p.add_argument("--config", default="ucf101-256", help="preset name or YAML path the checkpoint was trained with")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. unet.frames=16")
+    p.set_defaults(func=_cmd_convert)
+
+
 # Each entry adds one subcommand; subcommand modules keep their imports inside the handler so that
 # `pvdm info` stays fast and needs no optional dependency.
-SUBCOMMANDS = [_add_info, _add_data, _add_encode, _add_sample]
+SUBCOMMANDS = [_add_info, _add_data, _add_encode, _add_sample, _add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

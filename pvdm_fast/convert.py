@@ -130,3 +130,44 @@ def unet_from_official(source, config=None, *, latent_shape=None, **official) ->
     model = model.to_empty(device="cpu")
     load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "unet_from_official")
     return model
+
+
+# ---- official file -> pvdm_fast weights file (`pvdm convert`) ----
+
+CONVERT_KINDS = ("autoencoder", "unet")
+
+
+def convert_official_file(kind: str, source, dest, config="ucf101-256", overrides=()) -> dict:
+    """Convert an official `.pth` into a self-describing pvdm_fast safetensors file.
+
+    `config` is a preset name or YAML path (read with `pvdm_fast.configs.load_config`, `overrides` as
+    key=value); its `autoencoder` / `unet` (+ `diffusion`) sections are stored with the weights.
+    Returns the stored config.
+    """
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from pvdm_fast.configs import load_config
+    from pvdm_fast.models.io import save_weights
+
+    if kind not in CONVERT_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(CONVERT_KINDS)}")
+    cfg = load_config(str(config), list(overrides))
+
+    def section(name: str) -> dict:
+        return OmegaConf.to_container(cfg[name], resolve=True)
+
+    if kind == "unet":
+        from pvdm_fast.diffusion.schedule import DiffusionConfig
+        from pvdm_fast.models.unet import UNetConfig
+
+        model = unet_from_official(source, UNetConfig(**section("unet")))
+        stored = {"unet": asdict(model.config), "diffusion": asdict(DiffusionConfig(**section("diffusion")))}
+    else:
+        from pvdm_fast.models.autoencoder import AutoencoderConfig
+
+        model = autoencoder_from_official(source, AutoencoderConfig(**section("autoencoder")))
+        stored = {"autoencoder": asdict(model.config)}
+    save_weights(dest, model.state_dict(), kind, stored)
+    return stored
