@@ -20,6 +20,17 @@ static py::dict build_info_dict() {
   return d;
 }
 
+// None, or (pointer, dtype code, shape, strides) as pvdm_fast.ops.triplane_decode.tensor_arg builds it.
+static pvdm::TensorArg tensor_arg(const py::object& o) {
+  pvdm::TensorArg t;
+  if (o.is_none()) return t;
+  auto tup = o.cast<std::tuple<uintptr_t, int, std::vector<int64_t>, std::vector<int64_t>>>();
+  t.ptr = std::get<0>(tup), t.dtype = std::get<1>(tup);
+  t.shape = std::move(std::get<2>(tup)), t.strides = std::move(std::get<3>(tup));
+  t.present = true;
+  return t;
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pvdm_fast CUDA launchers (torch-free: pointers, sizes, dtype codes and streams as integers)";
   m.def("build_info", &build_info_dict, "What was compiled, plus the driver and device count seen now.");
@@ -64,4 +75,70 @@ PYBIND11_MODULE(_C, m) {
       py::arg("dscale_part"), py::arg("dshift_part"), py::arg("batch"), py::arg("channels"), py::arg("length"),
       py::arg("groups"), py::arg("segments"), py::arg("apply_silu"), py::arg("dtype"), py::arg("stream"),
       "GroupNorm+FiLM+SiLU backward: writes dx and (B, C, S) float32 partial sums for the parameters.");
+  m.def(
+      "triplane_decode_fwd",
+      [](py::object p_xy, py::object p_yt, py::object p_xt, py::object gamma, py::object beta, py::object v,
+         py::object y, py::object mean, py::object rstd, double eps, uintptr_t stream) {
+        pvdm::TriplaneArgs a;
+        a.p_xy = tensor_arg(p_xy), a.p_yt = tensor_arg(p_yt), a.p_xt = tensor_arg(p_xt);
+        a.gamma = tensor_arg(gamma), a.beta = tensor_arg(beta), a.v = tensor_arg(v), a.y = tensor_arg(y);
+        a.mean = tensor_arg(mean), a.rstd = tensor_arg(rstd), a.eps = eps, a.stream = stream;
+        pvdm::triplane_decode_fwd(a);
+      },
+      py::arg("p_xy"), py::arg("p_yt"), py::arg("p_xt"), py::arg("gamma"), py::arg("beta"), py::arg("v"),
+      py::arg("y"), py::arg("mean"), py::arg("rstd"), py::arg("eps"), py::arg("stream"),
+      "Triplane broadcast sum V = P_xy + P_yt + P_xt as (B, T*h*w, C), optionally with LayerNorm(V).");
+
+  m.def(
+      "triplane_decode_bwd",
+      [](py::object dv, py::object dy, py::object p_xy, py::object p_yt, py::object p_xt, py::object gamma,
+         py::object mean, py::object rstd, py::object a1, py::object a2, py::object d_xy, py::object d_yt,
+         py::object d_xt, py::object dgamma_part, py::object dbeta_part, uintptr_t stream) {
+        pvdm::TriplaneArgs a;
+        a.dv = tensor_arg(dv), a.dy = tensor_arg(dy), a.p_xy = tensor_arg(p_xy), a.p_yt = tensor_arg(p_yt);
+        a.p_xt = tensor_arg(p_xt), a.gamma = tensor_arg(gamma), a.mean = tensor_arg(mean), a.rstd = tensor_arg(rstd);
+        a.a1 = tensor_arg(a1), a.a2 = tensor_arg(a2), a.d_xy = tensor_arg(d_xy), a.d_yt = tensor_arg(d_yt);
+        a.d_xt = tensor_arg(d_xt), a.dgamma_part = tensor_arg(dgamma_part), a.dbeta_part = tensor_arg(dbeta_part);
+        a.stream = stream;
+        pvdm::triplane_decode_bwd(a);
+      },
+      py::arg("dv"), py::arg("dy"), py::arg("p_xy"), py::arg("p_yt"), py::arg("p_xt"), py::arg("gamma"),
+      py::arg("mean"), py::arg("rstd"), py::arg("a1"), py::arg("a2"), py::arg("d_xy"), py::arg("d_yt"),
+      py::arg("d_xt"), py::arg("dgamma_part"), py::arg("dbeta_part"), py::arg("stream"),
+      "Triplane decode backward: plane gradients as sums of dV (+ LayerNorm backward) over each missing axis.");
+
+  m.def(
+      "axis_gather_fwd",
+      [](py::object x, py::object token, py::object pos, py::object gamma, py::object beta, py::object s,
+         py::object y, py::object mean, py::object rstd, std::vector<int64_t> grid, int64_t axis,
+         int64_t lines_per_block, double eps, uintptr_t stream) {
+        pvdm::AxisGatherArgs a;
+        a.x = tensor_arg(x), a.token = tensor_arg(token), a.pos = tensor_arg(pos), a.gamma = tensor_arg(gamma);
+        a.beta = tensor_arg(beta), a.s = tensor_arg(s), a.y = tensor_arg(y), a.mean = tensor_arg(mean);
+        a.rstd = tensor_arg(rstd), a.grid = std::move(grid), a.axis = axis, a.lines_per_block = lines_per_block;
+        a.eps = eps, a.stream = stream;
+        pvdm::axis_gather_fwd(a);
+      },
+      py::arg("x"), py::arg("token"), py::arg("pos"), py::arg("gamma"), py::arg("beta"), py::arg("s"), py::arg("y"),
+      py::arg("mean"), py::arg("rstd"), py::arg("grid"), py::arg("axis"), py::arg("lines_per_block"), py::arg("eps"),
+      py::arg("stream"), "Axis gather: per-axis sequences (+ appended token, position embedding, LayerNorm).");
+
+  m.def(
+      "axis_gather_bwd",
+      [](py::object ds, py::object dy, py::object x, py::object token, py::object pos, py::object gamma,
+         py::object mean, py::object rstd, py::object dx, py::object part_pos, py::object part_gamma,
+         py::object part_beta, std::vector<int64_t> grid, int64_t axis, int64_t lines_per_block,
+         uintptr_t stream) {
+        pvdm::AxisGatherArgs a;
+        a.ds = tensor_arg(ds), a.dy = tensor_arg(dy), a.x = tensor_arg(x), a.token = tensor_arg(token);
+        a.pos = tensor_arg(pos), a.gamma = tensor_arg(gamma), a.mean = tensor_arg(mean), a.rstd = tensor_arg(rstd);
+        a.dx = tensor_arg(dx), a.part_pos = tensor_arg(part_pos), a.part_gamma = tensor_arg(part_gamma);
+        a.part_beta = tensor_arg(part_beta), a.grid = std::move(grid), a.axis = axis;
+        a.lines_per_block = lines_per_block, a.stream = stream;
+        pvdm::axis_gather_bwd(a);
+      },
+      py::arg("ds"), py::arg("dy"), py::arg("x"), py::arg("token"), py::arg("pos"), py::arg("gamma"), py::arg("mean"),
+      py::arg("rstd"), py::arg("dx"), py::arg("part_pos"), py::arg("part_gamma"), py::arg("part_beta"),
+      py::arg("grid"), py::arg("axis"), py::arg("lines_per_block"), py::arg("stream"),
+      "Axis gather backward: dx scattered to the grid, per-block partial sums for pos/token and LayerNorm.");
 }

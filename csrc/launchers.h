@@ -39,4 +39,41 @@ struct GnSiluArgs {
 void gn_silu_fwd(const GnSiluArgs& a);
 void gn_silu_bwd(const GnSiluArgs& a);
 
+// A tensor as the triplane launchers take it: pointer, dtype code, shape and strides (in elements), so
+// that a wrong shape or a non-contiguous tensor is a ValueError instead of an out-of-bounds read.
+struct TensorArg {
+  uintptr_t ptr = 0;
+  int dtype = -1;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+  bool present = false;  // false: the optional argument was None
+};
+
+// Throws std::invalid_argument ("<op>: <name> ...") unless `t` is present, has dtype `dtype`, shape
+// `shape` and contiguous strides. Defined in csrc/triplane_decode.cpp.
+void check_tensor(const char* op, const char* name, const TensorArg& t, int dtype, const std::vector<int64_t>& shape);
+
+struct TriplaneArgs {
+  TensorArg p_xy, p_yt, p_xt, gamma, beta, v, y, mean, rstd;              // forward
+  TensorArg dv, dy, a1, a2, d_xy, d_yt, d_xt, dgamma_part, dbeta_part;  // backward
+  double eps = 1e-5;
+  uintptr_t stream = 0;
+};
+
+void triplane_decode_fwd(const TriplaneArgs& a);
+void triplane_decode_bwd(const TriplaneArgs& a);
+
+struct AxisGatherArgs {
+  TensorArg x, token, pos, gamma, beta, s, y, mean, rstd;              // forward
+  TensorArg ds, dy, dx, part_pos, part_gamma, part_beta;               // backward
+  std::vector<int64_t> grid;  // (T, h, w)
+  int64_t axis = 0;           // 0 xy (lines over t), 1 yt (over rows), 2 xt (over cols)
+  int64_t lines_per_block = 0;
+  double eps = 1e-5;
+  uintptr_t stream = 0;
+};
+
+void axis_gather_fwd(const AxisGatherArgs& a);
+void axis_gather_bwd(const AxisGatherArgs& a);
+
 }  // namespace pvdm

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pvdm_fast.models.triplane import split_planes
 from pvdm_fast.ops import _ext, dispatch
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
@@ -256,14 +255,25 @@ def triplane_sum(p_xy: Tensor, p_yt: Tensor, p_xt: Tensor, *, norm_weight: Optio
     return v if norm_weight is None else (v, y)
 
 
+def _split(latent: Tensor, grid: Sequence[int]) -> list[Tensor]:
+    """Flat (B, E, h*w + T*w + T*h) -> xy (B,E,h,w), yt (B,E,T,w), xt (B,E,T,h). Local, because ops sit
+    below models (pvdm_fast.models.triplane holds the same layout for model code)."""
+    t, h, w = (int(s) for s in grid)
+    shapes = ((h, w), (t, w), (t, h))
+    if latent.shape[-1] != h * w + t * w + t * h:
+        raise ValueError(f"triplane_decode: latent length {latent.shape[-1]} does not match grid (T={t}, h={h}, "
+                         f"w={w}): expected h*w + T*w + T*h = {h * w + t * w + t * h}")
+    parts = torch.split(latent, [r * c for r, c in shapes], dim=-1)
+    return [p.unflatten(-1, shape) for p, shape in zip(parts, shapes)]
+
+
 def project_planes(latent: Tensor, grid: Sequence[int], weights: Sequence[Tensor],
                    biases: Sequence[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     """The post projections on the small planes: flat latent (B, E, L) -> channels-last P_xy, P_yt, P_xt.
     weights: three (C, E) or (C, E, 1, 1) conv weights in the order xy, yt, xt; biases: three (C,)."""
     if len(weights) != 3 or len(biases) != 3:
         raise ValueError("triplane_decode: pass three weights and three biases in the order xy, yt, xt")
-    t, h, w = (int(s) for s in grid)
-    planes = split_planes(latent, t, h, w)
+    planes = _split(latent, grid)
     out = []
     for name, plane, wt, bias in zip(("xy", "yt", "xt"), planes, weights, biases):
         w2 = wt.reshape(wt.shape[0], -1)
@@ -293,8 +303,7 @@ def triplane_decode_reference(latent: Tensor, grid: Sequence[int], weights: Sequ
                               biases: Sequence[Tensor], *, norm_weight: Optional[Tensor] = None,
                               norm_bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor | Tuple[Tensor, Tensor]:
     """The unfused spec path (1x1 conv per plane, broadcast sum, flatten, LayerNorm) for tests and benchmarks."""
-    t, h, w = (int(s) for s in grid)
-    xy, yt, xt = split_planes(latent, t, h, w)
+    xy, yt, xt = _split(latent, grid)
     convs = [F.conv2d(p, wt.reshape(wt.shape[0], -1, 1, 1), bias) for p, wt, bias in zip((xy, yt, xt), weights, biases)]
     vol = convs[0][:, :, None] + convs[1][:, :, :, None] + convs[2][:, :, :, :, None]  # (B, C, T, h, w)
     v = vol.flatten(2).transpose(1, 2)

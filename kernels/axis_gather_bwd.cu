@@ -1,0 +1,109 @@
+// Backward: block (line chunk, position j); one warp per line turns dS (+ the LayerNorm backward of dY,
+// rows rebuilt from x, token and pos) into g, writes g to dx at the grid token it came from, and adds
+// g, dY*xhat and dY into shared per-block sums over its lines: the block's partial gradients of
+// pos[j] (and of the appended token at j == A) and of the LayerNorm weight and bias.
+#include "axis_gather.cuh"
+
+namespace pvdm {
+
+template <typename T, int VEC, bool NORM>
+__global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const AxisGatherParams p) {
+  constexpr int MAXV = static_cast<int>(kAxisMaxChannels / 32) / VEC;
+  extern __shared__ float smem[];  // (3, C): sums of g, dy*xhat, dy over the block's lines
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t C = p.channels, j = blockIdx.y;
+  float* s_pos = smem;
+  float* s_gamma = smem + C;
+  float* s_beta = smem + 2 * C;
+  for (int64_t i = threadIdx.x; i < (NORM ? 3 : 1) * C; i += blockDim.x) smem[i] = 0.f;
+  __syncthreads();
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * p.lines_per_block;
+  const int64_t m1 = m0 + p.lines_per_block < p.lines ? m0 + p.lines_per_block : p.lines;
+  for (int64_t m = m0 + warp; m < m1; m += kAxisWarps) {
+    const int64_t tok = j < p.A ? axis_token(p, m, j) : -1;
+    const int64_t row = m * (p.A + 1) + j;
+    const T* ds = static_cast<const T*>(p.ds) + row * C;
+    float g[MAXV][VEC];
+#pragma unroll
+    for (int i = 0; i < MAXV; ++i) {
+      const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
+      if (c < C) load_vec<T, VEC>(ds + c, g[i]);
+    }
+    if constexpr (NORM) {
+      const T* src = tok >= 0 ? static_cast<const T*>(p.x) + tok * C : nullptr;
+      const T* dyp = static_cast<const T*>(p.dy) + row * C;
+      const float mean = p.mean[row], rstd = p.rstd[row];
+      float xhat[MAXV][VEC], dy[MAXV][VEC];
+      float a1 = 0.f, a2 = 0.f;
+#pragma unroll
+      for (int i = 0; i < MAXV; ++i) {
+        const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
+        if (c < C) {
+          axis_row<T, VEC>(p, src, j, c, xhat[i]);
+          load_vec<T, VEC>(dyp + c, dy[i]);
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) {
+            xhat[i][k] = (xhat[i][k] - mean) * rstd;
+            const float gy = dy[i][k] * p.gamma[c + k];
+            a1 += gy;
+            a2 += gy * xhat[i][k];
+          }
+        }
+      }
+      a1 = warp_sum(a1) / static_cast<float>(C);
+      a2 = warp_sum(a2) / static_cast<float>(C);
+#pragma unroll
+      for (int i = 0; i < MAXV; ++i) {
+        const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
+        if (c < C) {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) {
+            g[i][k] += rstd * (dy[i][k] * p.gamma[c + k] - a1 - xhat[i][k] * a2);
+            atomicAdd(&s_gamma[c + k], dy[i][k] * xhat[i][k]);
+            atomicAdd(&s_beta[c + k], dy[i][k]);
+          }
+        }
+      }
+    }
+    T* dx = tok >= 0 ? static_cast<T*>(p.dx) + tok * C : nullptr;
+#pragma unroll
+    for (int i = 0; i < MAXV; ++i) {
+      const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
+      if (c < C) {
+        if (dx) store_vec<T, VEC>(dx + c, g[i]);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) atomicAdd(&s_pos[c + k], g[i][k]);
+      }
+    }
+  }
+  __syncthreads();
+  const int64_t part = (static_cast<int64_t>(blockIdx.x) * (p.A + 1) + j) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    p.part_pos[part + c] = s_pos[c];
+    if (NORM) {
+      p.part_gamma[part + c] = s_gamma[c];
+      p.part_beta[part + c] = s_beta[c];
+    }
+  }
+}
+
+template <typename T, int VEC>
+static int launch(const AxisGatherParams& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.lines + p.lines_per_block - 1) / p.lines_per_block),
+                  static_cast<unsigned>(p.A + 1));
+  const size_t smem = static_cast<size_t>((p.gamma ? 3 : 1) * p.channels) * sizeof(float);
+  if (p.gamma)
+    axis_gather_bwd_kernel<T, VEC, true><<<grid, kAxisWarps * 32, smem, stream>>>(p);
+  else
+    axis_gather_bwd_kernel<T, VEC, false><<<grid, kAxisWarps * 32, smem, stream>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int axis_gather_bwd_launch(const AxisGatherParams& p, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+#define PVDM_AXIS_BWD(T, V) launch<T, V>(p, s)
+  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, PVDM_AXIS_BWD)
+#undef PVDM_AXIS_BWD
+}
+
+}  // namespace pvdm

@@ -1,0 +1,145 @@
+// Backward, axis sums: one block per (batch, VEC-channel slice) walks the whole (T, h, w) volume once.
+// Each thread owns grid positions (y, x) and loops over t, so dP_xy (sum over t) stays in registers;
+// dP_yt (sum over y) and dP_xt (sum over x) are accumulated in shared memory: the x-sum first within
+// the warp (lanes hold consecutive positions, so equal rows y are contiguous lanes), then one shared
+// atomic per row segment. Every output element is owned by exactly one block: no global atomics.
+#include "triplane_decode.cuh"
+
+namespace pvdm {
+
+// Sum of v over the lanes that share `key`, valid in the first lane of each run of equal keys
+// (`head`). Keys must be non-decreasing across the warp's lanes.
+__device__ __forceinline__ float segmented_warp_sum(float v, long long key, bool& head) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float o = __shfl_down_sync(0xffffffffu, v, off);
+    const long long k = __shfl_down_sync(0xffffffffu, key, off);
+    if (lane + off < 32 && k == key) v += o;
+  }
+  const long long prev = __shfl_up_sync(0xffffffffu, key, 1);
+  head = lane == 0 || prev != key;
+  return v;
+}
+
+template <typename T, int VEC, bool NORM>
+__global__ void __launch_bounds__(kTriSumThreads) triplane_sums_kernel(const TriplaneParams p) {
+  extern __shared__ float smem[];
+  __shared__ float scratch[32];
+  const int64_t C = p.channels, T_ = p.frames, H = p.height, W = p.width;
+  const int64_t nv = C / VEC;
+  const int64_t b = blockIdx.x / nv, c0 = (blockIdx.x % nv) * VEC;
+  float* s_yt = smem;                 // (T, w, VEC)
+  float* s_xt = smem + T_ * W * VEC;  // (T, h, VEC)
+  for (int64_t i = threadIdx.x; i < T_ * (W + H) * VEC; i += blockDim.x) smem[i] = 0.f;
+  __syncthreads();
+
+  const T* dv = static_cast<const T*>(p.dv);
+  const T* dyp = static_cast<const T*>(p.dy);
+  float dg[VEC], db[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) dg[k] = db[k] = 0.f;
+  float gamma[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) gamma[k] = NORM ? p.gamma[c0 + k] : 0.f;
+
+  // The position loop is uniform across the block so that every lane takes part in the shuffles.
+  for (int64_t p0 = 0; p0 < H * W; p0 += blockDim.x) {
+    const int64_t pos = p0 + threadIdx.x;
+    const bool valid = pos < H * W;
+    const int64_t y = valid ? pos / W : H;  // past-the-end lanes form their own (last) segment
+    const int64_t x = valid ? pos % W : 0;
+    float acc_xy[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc_xy[k] = 0.f;
+    for (int64_t t = 0; t < T_; ++t) {
+      float g[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) g[k] = 0.f;
+      if (valid) {
+        const int64_t n = ((b * T_ + t) * H + y) * W + x;
+        load_vec<T, VEC>(dv + n * C + c0, g);
+        if constexpr (NORM) {
+          float v[VEC], dy[VEC];
+          tri_volume<T, VEC>(p, tri_rows(p, n), c0, v);
+          load_vec<T, VEC>(dyp + n * C + c0, dy);
+          const float mean = p.mean[n], rstd = p.rstd[n], a1 = p.a1[n], a2 = p.a2[n];
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) {
+            const float xhat = (v[k] - mean) * rstd;
+            g[k] += rstd * (dy[k] * gamma[k] - a1 - xhat * a2);
+            dg[k] += dy[k] * xhat;
+            db[k] += dy[k];
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          acc_xy[k] += g[k];
+          atomicAdd(&s_yt[(t * W + x) * VEC + k], g[k]);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        bool head;
+        const float row = segmented_warp_sum(g[k], static_cast<long long>(y), head);
+        if (head && valid) atomicAdd(&s_xt[(t * H + y) * VEC + k], row);
+      }
+    }
+    if (valid) {
+      float* out = p.d_xy + ((b * H + y) * W + x) * C + c0;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) out[k] = acc_xy[k];
+    }
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < T_ * W * VEC; i += blockDim.x) {
+    const int64_t tx = i / VEC, k = i % VEC;
+    p.d_yt[(b * T_ * W + tx) * C + c0 + k] = s_yt[i];
+  }
+  for (int64_t i = threadIdx.x; i < T_ * H * VEC; i += blockDim.x) {
+    const int64_t ty = i / VEC, k = i % VEC;
+    p.d_xt[(b * T_ * H + ty) * C + c0 + k] = s_xt[i];
+  }
+  if constexpr (NORM) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float sg = block_sum(dg[k], scratch);
+      const float sb = block_sum(db[k], scratch);
+      if (threadIdx.x == 0) {
+        p.dgamma_part[b * C + c0 + k] = sg;
+        p.dbeta_part[b * C + c0 + k] = sb;
+      }
+    }
+  }
+}
+
+template <typename T, int VEC, bool NORM>
+static int launch_sums(const TriplaneParams& p, cudaStream_t stream) {
+  const int64_t vec_smem = p.frames * (p.width + p.height) * VEC * 4;
+  auto kernel = triplane_sums_kernel<T, VEC, NORM>;
+  if (vec_smem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(vec_smem));
+    if (e != cudaSuccess) return static_cast<int>(e);
+  }
+  const unsigned blocks = static_cast<unsigned>(p.batch * (p.channels / VEC));
+  kernel<<<blocks, kTriSumThreads, static_cast<size_t>(vec_smem), stream>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T, int VEC>
+static int launch(const TriplaneParams& p, cudaStream_t stream) {
+  if (!p.gamma) return launch_sums<T, VEC, false>(p, stream);
+  const int e = triplane_ln_means_launch(p, stream);
+  if (e != 0) return e;
+  return launch_sums<T, VEC, true>(p, stream);
+}
+
+int triplane_bwd_launch(const TriplaneParams& p, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+#define PVDM_TRI_SUMS(T, V) launch<T, V>(p, s)
+  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, PVDM_TRI_SUMS)
+#undef PVDM_TRI_SUMS
+}
+
+}  // namespace pvdm
