@@ -1,0 +1,123 @@
+"""The `train_autoencoder` and `train_diffusion` config sections.
+
+Defaults follow the official recipe (PVDM_SPEC.md) where it has one; a preset YAML or `key=value`
+overrides change them. Durations are counted in clips (`total_clips`), periodic work in optimizer
+steps (one step = batch_size * grad_accum clips, summed over all ranks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class _Common:
+    seed: int = 0
+    batch_size: int = 8                 # clips per micro-step, over all ranks together
+    grad_accum: int = 1
+    total_clips: int = 1_000_000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01          # torch's AdamW default, which the official trainers use
+    max_grad_norm: float = 0.0          # 0: no clipping
+    precision: str = "auto"             # auto: bf16 autocast on GPUs, fp32 on CPUs
+    activation_checkpointing: bool = False
+    compile: bool = False
+    skip_nonfinite: bool = False        # False: a NaN/Inf loss stops the run, leaving the last checkpoint
+    ema_decay: float = 0.0              # 0: no EMA copy
+    ema_every: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    sample_every: int = 0               # 0: no periodic samples / reconstructions
+    keep_checkpoints: int = 2
+    num_workers: int = -1               # -1: min(8, cores)
+    device: str = "auto"
+    tensorboard: bool = True
+    data_seed: int = 0
+
+
+@dataclass
+class TrainAutoencoderConfig(_Common):
+    batch_size: int = 8
+    grad_accum: int = 3
+    betas: tuple[float, float] = (0.5, 0.9)
+    l1_weight: float = 4.0
+    lpips_weight: float = 4.0
+    lpips_weights: Optional[str] = None  # file with VGG16 + LPIPS linear heads; None: perceptual term off
+    gan_start_step: int = -1            # optimizer step at which the GAN stage begins; -1: never
+    gan_weight: float = 1.0
+    feature_matching_weight: float = 4.0
+    disc_channels: int = 64
+    disc_layers: int = 3
+    disc_lr: float = 1e-4
+    disc_betas: tuple[float, float] = (0.5, 0.9)
+    disc_max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainDiffusionConfig(_Common):
+    batch_size: int = 64
+    warmup_steps: int = 10000           # linear warm-up from 0 to lr; 0 reproduces the official constant rate
+    ema_decay: float = 0.9999
+    ema_every: int = 25
+    cond_prob: Optional[float] = None   # None: take diffusion.cond_prob
+    sample_steps: int = 100             # DDIM steps of the periodic samples
+    sample_count: int = 4
+
+
+SECTIONS = {"train_autoencoder": TrainAutoencoderConfig, "train_diffusion": TrainDiffusionConfig}
+
+
+def section(cfg, name: str):
+    """The dataclass of section `name` of an OmegaConf config (missing keys take defaults; an unknown
+    key is a ValueError naming the allowed ones)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cls = SECTIONS[name]
+    given = cfg.get(name) if cfg is not None else None
+    given = OmegaConf.to_container(given, resolve=True) if given is not None else {}
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} in section {name}; allowed: {', '.join(sorted(allowed))}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), given)
+        out = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"bad value in section {name}: {exc}") from None
+    validate(out, name)
+    return out
+
+
+def validate(c, name: str) -> None:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{name}.{what}")
+
+    need(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}")
+    need(1 <= c.grad_accum <= 64, f"grad_accum must be in [1, 64], got {c.grad_accum}")
+    need(c.total_clips >= 1, f"total_clips must be >= 1, got {c.total_clips}")
+    need(c.lr > 0, f"lr must be > 0, got {c.lr}")
+    need(c.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {c.precision!r}")
+    need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}")
+    need(c.ema_every >= 1, f"ema_every must be >= 1, got {c.ema_every}")
+    need(c.log_every >= 1 and c.checkpoint_every >= 1, "log_every and checkpoint_every must be >= 1")
+    if isinstance(c, TrainDiffusionConfig):
+        need(c.warmup_steps >= 0, f"warmup_steps must be >= 0, got {c.warmup_steps}")
+        need(c.cond_prob is None or 0.0 <= c.cond_prob <= 1.0, f"cond_prob must be in [0, 1], got {c.cond_prob}")
+
+
+def split_overrides(overrides, section_name: str) -> list[str]:
+    """CLI `key=value` words: a bare key (`lr=2e-4`) belongs to the stage's train section, a dotted one
+    (`unet.model_channels=64`) is passed on as is."""
+    out = []
+    for word in overrides:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {word!r} is not key=value")
+        out.append(word if "." in key else f"{section_name}.{key}={value}")
+    return out

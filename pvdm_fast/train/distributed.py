@@ -1,0 +1,109 @@
+"""Process-group setup: torchrun environment -> DDP (NCCL on GPUs, gloo on CPU); else one process.
+
+A plain `pvdm train-...` run is single-process with no launcher: every helper here then degrades to a
+no-op, so trainers never branch on "distributed or not" beyond asking `ctx.world_size`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
+    """"auto" / None: this rank's GPU when CUDA is visible, else the CPU."""
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device=cuda was asked for but no CUDA device is visible; use device=cpu")
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def setup(device: str | None = None, timeout_minutes: float = 30.0) -> DistContext:
+    """Join the torchrun process group if launched by torchrun (or reuse one already initialised,
+    e.g. by a test harness); otherwise a single-process context."""
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        return DistContext(rank, world, local, pick_device(device, local))
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistContext(0, 1, 0, pick_device(device, int(os.environ.get("LOCAL_RANK", 0))))
+    local = int(os.environ["LOCAL_RANK"])
+    dev = pick_device(device, local)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
+                            **({"device_id": dev} if backend == "nccl" else {}))
+    return DistContext(dist.get_rank(), dist.get_world_size(), local, dev, initialised_here=True)
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.initialised_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def all_true(ctx: DistContext, flag: bool) -> bool:
+    """Whether `flag` holds on every rank (so all ranks take the same branch, e.g. skipping a step)."""
+    if not ctx.distributed:
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=ctx.device)
+    dist.all_reduce(t)
+    return t.item() == 0.0
+
+
+def mean_over_ranks(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
+    if not ctx.distributed:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / ctx.world_size
+
+
+def gather_objects(ctx: DistContext, obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (small picklable objects: RNG states)."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(ctx: DistContext, obj):
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

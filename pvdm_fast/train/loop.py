@@ -1,0 +1,346 @@
+"""The step loop both trainers share: accumulation, mixed precision, clipping, non-finite losses,
+EMA, logging, periodic checkpoints and samples, exact resume and signal-triggered saves.
+
+A stage subclasses `Trainer` and supplies the models (`build`), the dataset, `train_step` (which
+calls `accumulate` and `update` for each of its optimizers) and the weights to save. Per-step
+randomness comes from `step_generator(seed, step, micro)`: the same draw on every rank, of which
+each rank takes the rows of its own samples, so a DDP run sees the same randomness as one process
+on the global batch and a resumed run the same as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pvdm_fast.train import checkpoint as ckpt
+from pvdm_fast.train import distributed as D
+from pvdm_fast.train import rng
+from pvdm_fast.train.config import section
+from pvdm_fast.train.data import batch_stream
+from pvdm_fast.train.ema import EMA
+from pvdm_fast.train.logging import RunLogger
+from pvdm_fast.train.signals import StopRequest
+
+RUN_INFO = "run.json"
+CONFIG_FILE = "config.yaml"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/Inf loss stopped training; the message says where the last good checkpoint is."""
+
+
+@dataclass
+class Part:
+    """One optimizer and the (possibly DDP-wrapped) module whose gradients it applies."""
+
+    name: str
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    max_grad_norm: float = 0.0
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None means full fp32. auto: bf16 on GPUs (no loss scaling needed), fp32 on CPUs."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision=fp16 needs a GPU; use precision=fp32 or bf16 on the CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def rows_of_rank(ctx: D.DistContext, x: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a draw made for the global micro-batch: rank r holds global positions
+    r, r + W, r + 2W, ... (the interleaving of the sharded sampler)."""
+    return x[ctx.rank::ctx.world_size]
+
+
+class Trainer:
+    section_name = ""
+    description = "train"
+
+    def __init__(self, cfg, run_dir: str | os.PathLike, *, ctx: D.DistContext | None = None,
+                 resume: bool = False, run_info: dict | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.tc = section(cfg, self.section_name)
+        self.run_dir = pathlib.Path(run_dir)
+        self.ctx = ctx or D.setup(self.tc.device)
+        self.resume = resume
+        self.run_info = dict(run_info or {})
+        self.progress = progress
+        self.dtype = autocast_dtype(self.tc.precision, self.ctx.device)
+        if self.tc.batch_size % self.ctx.world_size:
+            raise ValueError(f"batch_size={self.tc.batch_size} (clips per micro-step over all ranks) must be a "
+                             f"multiple of the {self.ctx.world_size} processes")
+        self.local_batch = self.tc.batch_size // self.ctx.world_size
+        self.step = 0
+        self.skipped_steps = 0
+        self.parts: dict[str, Part] = {}
+        self.ema: EMA | None = None
+        self.logger: RunLogger | None = None
+        self.last_checkpoint: pathlib.Path | None = None
+        self.history: list[dict] = []
+
+    # ---- what a stage provides -------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def dataset(self):
+        raise NotImplementedError
+
+    def train_step(self, batches: list[dict]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def weights(self) -> dict[str, ckpt.Weights]:
+        raise NotImplementedError
+
+    def ema_module(self) -> nn.Module | None:
+        """The raw (unwrapped) module the EMA follows."""
+        return None
+
+    def load_weights(self, checkpoint: ckpt.Checkpoint) -> None:
+        raise NotImplementedError
+
+    def sample(self) -> None:
+        """Periodic samples / reconstructions into the run folder (rank 0)."""
+
+    def export(self) -> list[pathlib.Path]:
+        """Final model files for `pvdm sample` / the next stage (rank 0)."""
+        return []
+
+    # ---- helpers for stages ----------------------------------------------------------------
+    @property
+    def clips_per_step(self) -> int:
+        return self.tc.batch_size * self.tc.grad_accum
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.tc.total_clips / self.clips_per_step)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.dtype)
+
+    def generator(self, micro: int, salt: int = 0) -> torch.Generator:
+        return rng.step_generator(self.tc.seed + 7919 * salt, self.step, micro)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DDP under a process group (gradients averaged over ranks), else the module itself."""
+        if not self.ctx.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.ctx.device] if self.ctx.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def maybe_compile(self, module: nn.Module) -> nn.Module:
+        return torch.compile(module) if self.tc.compile else module
+
+    def make_part(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float,
+                  scheduler=None) -> Part:
+        scaler = torch.amp.GradScaler(self.ctx.device.type) if self.dtype == torch.float16 else None
+        part = Part(name, module, optimizer, max_grad_norm, scheduler, scaler)
+        self.parts[name] = part
+        return part
+
+    def accumulate(self, part: Part, batches: list[dict],
+                   loss_fn: Callable[[dict, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> dict[str, float]:
+        """Backward of loss_fn over the micro-batches (each weighted 1/n); DDP syncs only on the last.
+        Returns the metrics averaged over micro-batches and ranks (key `loss` included)."""
+        n = len(batches)
+        sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(batches):
+            last = i == n - 1
+            sync = contextlib.nullcontext() if last or not hasattr(part.module, "no_sync") else part.module.no_sync()
+            with sync:
+                with self.autocast():
+                    loss, metrics = loss_fn(batch, i)
+                scaled = loss.float() / n
+                (part.scaler.scale(scaled) if part.scaler is not None else scaled).backward()
+            for k, v in {"loss": loss, **metrics}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() / n
+        keys = sorted(sums)
+        stacked = D.mean_over_ranks(self.ctx, torch.stack([sums[k] for k in keys]))
+        return {f"{part.name}/{k}": v for k, v in zip(keys, stacked.tolist())}
+
+    def update(self, part: Part, metrics: dict[str, float]) -> bool:
+        """Clip and apply the accumulated gradients, unless the loss was not finite (then stop, or
+        skip the update when skip_nonfinite). Returns whether the update was applied."""
+        loss = metrics[f"{part.name}/loss"]
+        if not D.all_true(self.ctx, math.isfinite(loss)):
+            part.optimizer.zero_grad(set_to_none=True)
+            where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                     else "no checkpoint was written yet")
+            if not self.tc.skip_nonfinite:
+                raise NonFiniteLossError(
+                    f"{part.name} loss is {loss} at step {self.step}; training stopped and {where}. "
+                    f"Resume with --resume {self.run_dir} and a lower lr (or a smaller max_grad_norm), "
+                    f"or set skip_nonfinite=true to skip such steps")
+            self.skipped_steps += 1
+            metrics[f"{part.name}/skipped"] = 1.0
+            return False
+        if part.scaler is not None:
+            part.scaler.unscale_(part.optimizer)
+        if part.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(part.params, part.max_grad_norm)
+            metrics[f"{part.name}/grad_norm"] = float(norm)
+        if part.scaler is not None:
+            part.scaler.step(part.optimizer)
+            part.scaler.update()
+        else:
+            part.optimizer.step()
+        part.optimizer.zero_grad(set_to_none=True)
+        if part.scheduler is not None:
+            part.scheduler.step()
+        metrics[f"{part.name}/lr"] = part.optimizer.param_groups[0]["lr"]
+        return True
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _model_config(self) -> dict:
+        from omegaconf import OmegaConf
+
+        return {k: v for k, v in OmegaConf.to_container(self.cfg, resolve=True).items()
+                if not str(k).startswith("train_")}
+
+    def training_state(self) -> dict:
+        rng_states = D.gather_objects(self.ctx, rng.capture())
+        return {
+            "step": self.step, "clips_seen": self.step * self.clips_per_step, "skipped_steps": self.skipped_steps,
+            "world_size": self.ctx.world_size,
+            "optimizers": {k: p.optimizer.state_dict() for k, p in self.parts.items()},
+            "schedulers": {k: p.scheduler.state_dict() for k, p in self.parts.items() if p.scheduler is not None},
+            "scalers": {k: p.scaler.state_dict() for k, p in self.parts.items() if p.scaler is not None},
+            "rng": rng_states,
+            "data": {"samples_per_rank": self.step * self.tc.grad_accum * self.local_batch,
+                     "world_size": self.ctx.world_size},
+        }
+
+    def save(self) -> pathlib.Path | None:
+        state = self.training_state()  # collective: every rank takes part
+        path = None
+        if self.ctx.is_main:
+            manifest = {"config": self._resolved_config(), "clips_seen": state["clips_seen"],
+                        "world_size": self.ctx.world_size, "stage": self.section_name}
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights(), state, manifest,
+                                        keep=self.tc.keep_checkpoints)
+        D.barrier(self.ctx)
+        self.last_checkpoint = path or self.run_dir / "checkpoints" / f"step-{self.step:08d}"
+        return path
+
+    def _resolved_config(self) -> dict:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(self.cfg, resolve=True)
+
+    def restore(self) -> None:
+        checkpoint = ckpt.load_checkpoint(self.run_dir)
+        saved = checkpoint.manifest.get("config", {})
+        if checkpoint.manifest.get("stage") != self.section_name:
+            raise ValueError(f"{checkpoint.dir} is a {checkpoint.manifest.get('stage')} checkpoint, not "
+                             f"{self.section_name}")
+        mine = self._model_config()
+        for key, value in mine.items():
+            if key in saved and saved[key] != value and key in ("autoencoder", "unet", "diffusion", "data"):
+                raise ValueError(f"checkpoint {checkpoint.dir} was trained with a different `{key}` config "
+                                 f"({saved[key]} vs {value}); resume with the run's own config")
+        self.load_weights(checkpoint)
+        state = checkpoint.state()
+        for k, p in self.parts.items():
+            p.optimizer.load_state_dict(state["optimizers"][k])
+            if p.scheduler is not None:
+                p.scheduler.load_state_dict(state["schedulers"][k])
+            if p.scaler is not None and k in state["scalers"]:
+                p.scaler.load_state_dict(state["scalers"][k])
+        self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        if state["world_size"] == self.ctx.world_size:
+            rng.restore(state["rng"][self.ctx.rank])
+        elif self.ctx.is_main:
+            print(f"resuming a {state['world_size']}-process run on {self.ctx.world_size} processes: "
+                  "the data order and global RNG streams differ from an uninterrupted run")
+        self.last_checkpoint = checkpoint.dir
+
+    def _load_state(self, module: nn.Module, state_dict: dict, what: str) -> None:
+        try:
+            module.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"{what} in the checkpoint does not fit this model ({first}); "
+                             "was it written by a run with a different config?") from None
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _write_run_files(self) -> None:
+        if not self.ctx.is_main:
+            return
+        from omegaconf import OmegaConf
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.cfg, self.run_dir / CONFIG_FILE)
+        ckpt.write_json_atomic(self.run_dir / RUN_INFO, {"stage": self.section_name, **self.run_info})
+
+    def run(self) -> dict:
+        """Train to total_clips (or until SIGTERM/SIGINT); returns a summary dict."""
+        torch.manual_seed(self.tc.seed + self.ctx.rank)
+        self.build()
+        if self.resume:
+            self.restore()
+        self._write_run_files()
+        data = self.dataset()
+        stream = batch_stream(data, self.local_batch, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                              seed=self.tc.data_seed, skip=self.step * self.tc.grad_accum * self.local_batch,
+                              num_workers=self.tc.num_workers, device=self.ctx.device)
+        self.logger = RunLogger(self.run_dir, enabled=self.ctx.is_main, total_clips=self.total_steps * self.clips_per_step,
+                                initial_clips=self.step * self.clips_per_step, desc=self.description,
+                                tensorboard=self.tc.tensorboard, progress=self.progress)
+        interrupted = None
+        try:
+            with StopRequest() as stop:
+                while self.step < self.total_steps:
+                    batches = [self._to_device(next(stream)) for _ in range(self.tc.grad_accum)]
+                    metrics = self.train_step(batches)
+                    self.step += 1
+                    if self.ema is not None:
+                        self.ema.maybe_update(self.ema_module(), self.step)
+                    self._after_step(metrics)
+                    if not D.all_true(self.ctx, stop.requested is None):
+                        interrupted = stop.requested or "a signal on another rank"
+                        break
+            if interrupted:
+                self.logger.write(f"{interrupted}: saving a checkpoint at step {self.step} before exiting")
+            if self.last_checkpoint is None or self.last_checkpoint.name != f"step-{self.step:08d}":
+                self.save()
+            exported = [] if interrupted or not self.ctx.is_main else self.export()
+        finally:
+            self.logger.close()
+        return {"step": self.step, "clips_seen": self.step * self.clips_per_step, "interrupted": interrupted,
+                "checkpoint": str(self.last_checkpoint), "exported": [str(p) for p in exported],
+                "skipped_steps": self.skipped_steps}
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _after_step(self, metrics: dict[str, float]) -> None:
+        clips = self.step * self.clips_per_step
+        self.logger.advance(self.clips_per_step, {k.split("/")[-1] if k.endswith("/loss") else k: v
+                                                  for k, v in metrics.items() if k.endswith("/loss")})
+        if self.step % self.tc.log_every == 0 or self.step == self.total_steps:
+            self.logger.log(self.step, clips, metrics)
+            self.history.append({"step": self.step, "clips": clips, **metrics})
+        if self.step % self.tc.checkpoint_every == 0:
+            self.save()
+        if self.tc.sample_every and self.step % self.tc.sample_every == 0 and self.ctx.is_main:
+            self.sample()
