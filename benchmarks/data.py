@@ -47,29 +47,41 @@ def make_data(root: pathlib.Path, videos: int, video_frames: int, folders: int, 
             Image.fromarray(frame).save(folder / f"{t:05d}.png", compress_level=1)
 
 
+REPEATS = 3  # best of three passes: the machine may be shared, and noise only ever adds time
+
+
 def time_loader(spec: str, clips: int, workers: int, resolution: int, frames: int) -> float:
+    """Seconds for `clips` clips (best pass)."""
     dataset = open_dataset(spec, resolution=resolution, frames=frames, seed=0)
     loader = make_loader(dataset, 1, num_workers=workers, device="cpu", infinite=True, seed=0)
     it = iter(loader)
     next(it)  # worker start-up is not throughput
-    started = time.perf_counter()
-    for _ in range(clips):
-        next(it)
-    return time.perf_counter() - started
+    best = float("inf")
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        for _ in range(clips):
+            next(it)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def time_whole_video(paths: list[pathlib.Path], clips: int, resolution: int, frames: int) -> float:
+    """Seconds for `clips` clips (best pass) when every clip decodes its whole video first."""
     rng = np.random.default_rng(0)
-    started = time.perf_counter()
-    for k in range(clips):
-        video = read_all_frames(paths[k % len(paths)])
-        start = int(rng.integers(0, len(video) - frames + 1))
-        to_model_input(video[start:start + frames], resolution, antialias=False)
-    return time.perf_counter() - started
+    best = float("inf")
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        for k in range(clips):
+            video = read_all_frames(paths[k % len(paths)])
+            start = int(rng.integers(0, len(video) - frames + 1))
+            to_model_input(video[start:start + frames], resolution)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def rows(quick: bool = False) -> list[dict]:
-    videos, video_frames, clips = (4, 100, 12) if quick else (8, 180, 48)
+    # 180 frames is about the mean length of a UCF-101 video (7 s at 25 fps).
+    videos, video_frames, clips = (4, 100, 8) if quick else (8, 180, 32)
     resolution, frames = 256, 16
     out = []
     with tempfile.TemporaryDirectory() as tmp:
