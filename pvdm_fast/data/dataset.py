@@ -119,7 +119,10 @@ def open_dataset(spec: str | DataSpec, *, resolution: int, frames: int, stride: 
         raise ValueError(f"no usable clips in {spec}: {len(sources) + len(skipped)} videos found, "
                          f"{len(dataset.skipped)} skipped ({'; '.join(reasons)}); "
                          f"run `pvdm data check {spec}` for details")
-    if skipped:
-        warnings.warn(f"{spec}: skipped {len(skipped)} unreadable videos (first: {skipped[0]['path']}: "
-                      f"{skipped[0]['reason']})", RuntimeWarning, stacklevel=2)
+    if dataset.skipped:
+        short = len(dataset.plan.skipped)
+        first = dataset.skipped[0]
+        warnings.warn(f"{spec}: skipped {len(dataset.skipped)} videos ({len(dataset.skipped) - short} unreadable or "
+                      f"missing, {short} too short; first: {first['path']}: {first['reason']}); "
+                      f"`pvdm data check {spec}` lists them", RuntimeWarning, stacklevel=2)
     return dataset

@@ -21,7 +21,7 @@ def reasons(dataset) -> dict[str, str]:
 
 
 def test_ucf101_all_videos_with_bad_files_skipped_and_counted(ucf_tree):
-    with pytest.warns(RuntimeWarning, match="skipped 3 unreadable"):
+    with pytest.warns(RuntimeWarning, match=r"skipped 4 videos \(3 unreadable or missing, 1 too short"):
         ds = open_dataset(f"ucf101:{ucf_tree}", resolution=16, frames=8, stride=2, mode="eval", verify=True)
     why = reasons(ds)
     assert set(why) == {"v_Biking_g03_c01.avi", "v_Biking_g04_c01.avi", "v_Biking_g05_c01.avi",
@@ -59,7 +59,8 @@ def test_sky_clip_folders_and_direct_frames(sky_tree):
     assert [s.path.split("train/")[1] for s in ds.sources] == ["video_a/clip_1", "video_a/clip_2", "video_b"]
     assert ds.sources[0].names[:3] == ("frame0.png", "frame1.png", "frame2.png")  # natural order
     assert ds.skipped == [] and len(ds) == 3
-    strided = open_dataset(f"sky:{sky_tree}", resolution=8, frames=6, stride=3, mode="eval")
+    with pytest.warns(RuntimeWarning, match="1 too short"):
+        strided = open_dataset(f"sky:{sky_tree}", resolution=8, frames=6, stride=3, mode="eval")
     assert reasons(strided) == {"clip_1": "too short: 12 frames, a clip of 6 frames with stride 3 needs 16"}
     assert decoded_ids(ds[1]) == list(range(0, 12, 2))
     test = open_dataset(f"sky:{sky_tree}", split="val", resolution=8, frames=4)
