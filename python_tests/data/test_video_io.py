@@ -89,3 +89,10 @@ def test_write_video_validates_input(tmp_path):
         write_video(tmp_path / "a.mp4", np.zeros((2, 7, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="non-negative"):
         read_frames(write_coded(tmp_path / "v.avi", 4), [-1])
+
+
+def test_containers_without_a_frame_count_are_counted_by_demuxing(tmp_path):
+    # Matroska headers carry no frame count: probing counts packets instead (no decoding).
+    path = write_coded(tmp_path / "v.mkv", 20, gop=4)
+    assert probe_video(path).num_frames == 20
+    assert frame_ids(read_frames(path, [13, 14, 19])) == [13, 14, 19]
