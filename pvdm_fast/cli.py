@@ -158,13 +158,18 @@ def _add_convert(sub) -> None:
     p.add_argument("dest", help="output .safetensors")
     p.add_argument("--kind", choices=("autoencoder", "unet"), required=True)
     p.add_argument("--config", default="ucf101-256", help="preset name or YAML path the checkpoint was trained with")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. unet.frames=16")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides right after dest, e.g. unet.frames=16")
     p.set_defaults(func=_cmd_convert)
 
 
 # Each entry adds one subcommand; subcommand modules keep their imports inside the handler so that
 # `pvdm info` stays fast and needs no optional dependency.
 SUBCOMMANDS = [_add_info, _add_data, _add_encode, _add_sample, _add_convert]
+
+# Training and the demo register from their own module (argparse only at import time).
+from pvdm_fast.train import commands as _train_commands  # noqa: E402
+
+SUBCOMMANDS += _train_commands.SUBCOMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -216,3 +216,45 @@ def test_gradcheck_attention_float64():
     g = torch.Generator().manual_seed(0)
     qkv = torch.randn(1, 6, 2 * 3 * 2, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a: legacy_attention(a, 2), (qkv,))
+
+
+def test_pvdm_convert_cli_round_trip(golden, tmp_path, monkeypatch, capsys):
+    """`pvdm convert --kind unet` on an official-style .pth gives a file that reproduces the golden eps.
+
+    The preset machinery is replaced by a stub returning the golden configuration, so this checks the
+    conversion path itself (prefixes, strict load, stored config) whatever presets exist.
+    """
+    import sys
+    import types
+
+    from omegaconf import OmegaConf
+
+    from pvdm_fast.cli import main
+    from pvdm_fast.models.io import load_weights
+
+    data = load_file(str(golden / "unet_mc32.safetensors"))
+    meta = json.loads((golden / "unet_mc32.json").read_text())
+    size, length = meta["image_size"], data["x"].shape[-1]
+    unet = {k: meta[k] for k in OFFICIAL_ARGS}
+    unet.update(frames=(length - size * size) // (2 * size), height=size, width=size)
+    seen = {}
+
+    def load_config(name, overrides=()):
+        seen["args"] = (name, list(overrides))
+        return OmegaConf.create({"unet": unet, "diffusion": {"cond_prob": 0.2}})
+
+    monkeypatch.setitem(sys.modules, "pvdm_fast.configs", types.SimpleNamespace(load_config=load_config))
+    official = {"module." + k[len("state_dict."):]: v for k, v in data.items() if k.startswith("state_dict.")}
+    torch.save(official, tmp_path / "ema.pth")
+    dest = tmp_path / "unet.safetensors"
+    assert main(["convert", str(tmp_path / "ema.pth"), str(dest), "unet.dropout=0.0", "--kind", "unet",
+                 "--config", "golden"]) == 0
+    assert seen["args"] == ("golden", ["unet.dropout=0.0"])
+    sd, kind, config = load_weights(dest)
+    assert kind == "unet" and config["diffusion"]["cond_prob"] == 0.2
+    model = TriplaneUNet(UNetConfig(**config["unet"])).eval()
+    model.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+        assert_fp32_close(model(data["x"], data["t"], data["cond"]), data["eps_cond"], "converted", rtol=1e-4)
+    assert main(["convert", str(tmp_path / "missing.pth"), str(dest), "--kind", "unet"]) == 2
+    assert "no checkpoint file" in capsys.readouterr().err
