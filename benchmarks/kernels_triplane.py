@@ -1,0 +1,132 @@
+"""Triplane kernels: the decoder input (triplane_sum + first LayerNorm) and the axis gathers, against
+torch eager and torch.compile of the unfused path.
+
+    python benchmarks/kernels_triplane.py [--quick] [--json PATH]
+
+Bytes counted (the minimum any implementation must move): forward, the three projected planes read
+once and V and LayerNorm(V) written once (the gathers: x read once, S and LayerNorm(S) written once);
+backward, dV and dY read once and the plane gradients written once (the gathers: dS, dY read, dx
+written). Shapes: the base config (B 4, T 16, 32x32 grid, C 384) and 128x128 with patch 4 (same grid).
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _bench  # noqa: E402
+
+SHAPES = [dict(name="256px-p8", batch=4, grid=(16, 32, 32), channels=384),
+          dict(name="128px-p4", batch=4, grid=(16, 32, 32), channels=384)]
+
+
+def _time_pair(fwd, bwd_inputs):
+    """(forward ms, forward+backward ms) of a callable returning outputs to back-propagate into."""
+    def both():
+        outs = fwd()
+        torch.autograd.backward(outs, bwd_inputs)
+    with torch.no_grad():
+        ms_f = _bench.do_bench_ms(fwd)
+    return ms_f, _bench.do_bench_ms(both)
+
+
+def _rows_for(op, shape, nbytes_f, nbytes_b, candidates, copy_gbs, dtype):
+    rows = []
+    for backend, fwd, grads in candidates:
+        try:
+            ms_f, ms_fb = _time_pair(fwd, grads)
+        except Exception as exc:  # a backend missing on this device is a row, not a crash
+            rows.append(dict(op=op, shape=shape, dtype=str(dtype).replace("torch.", ""), backend=backend,
+                             error=f"{type(exc).__name__}: {exc}"[:120]))
+            continue
+        for pas, ms, nbytes in (("fwd", ms_f, nbytes_f), ("fwd+bwd", ms_fb, nbytes_f + nbytes_b)):
+            gbs = nbytes / (ms * 1e-3) / 1e9
+            rows.append({"op": op, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "pass": pas,
+                         "backend": backend, "ms": ms, "GB/s": gbs, "pct_of_copy_bw": 100.0 * gbs / copy_gbs})
+    return rows
+
+
+def _decode_rows(case, dtype, copy_gbs):
+    from pvdm_fast.ops import triplane_decode, triplane_decode_reference, use_backend
+
+    dev = torch.device("cuda")
+    b, (t, h, w), c = case["batch"], case["grid"], case["channels"]
+    length = h * w + t * w + t * h
+    latent = torch.randn(b, 4, length, device=dev, dtype=dtype).tanh().requires_grad_()
+    ws = [torch.randn(c, 4, 1, 1, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
+    bs = [torch.randn(c, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
+    gamma = torch.ones(c, device=dev, dtype=dtype, requires_grad=True)
+    beta = torch.zeros(c, device=dev, dtype=dtype, requires_grad=True)
+    n, elt = t * h * w, torch.tensor([], dtype=dtype).element_size()
+    grads = [torch.randn(b, n, c, device=dev, dtype=dtype) for _ in range(2)]
+    nbytes_f = (length * b * c + 2 * b * n * c) * elt
+    nbytes_b = (2 * b * n * c + length * b * c) * elt
+
+    def fused(backend):
+        def run():
+            with use_backend(backend):
+                return triplane_decode(latent, (t, h, w), ws, bs, norm_weight=gamma, norm_bias=beta)
+        return run
+
+    eager = lambda: triplane_decode_reference(latent, (t, h, w), ws, bs, norm_weight=gamma, norm_bias=beta)  # noqa
+    compiled_fn = torch.compile(triplane_decode_reference)
+    compiled = lambda: compiled_fn(latent, (t, h, w), ws, bs, norm_weight=gamma, norm_bias=beta)  # noqa: E731
+    cands = [("cuda", fused("cuda"), grads), ("triton", fused("triton"), grads), ("torch eager", eager, grads),
+             ("torch.compile", compiled, grads)]
+    return _rows_for("triplane_decode+ln", f"{case['name']} B{b} T{t} {h}x{w} C{c}", nbytes_f, nbytes_b, cands,
+                     copy_gbs, dtype)
+
+
+def _gather_rows(case, axis, dtype, copy_gbs):
+    from pvdm_fast.ops import axis_gather, axis_gather_unfused, use_backend
+    from pvdm_fast.ops.axis_gather import AXES, axis_geometry
+
+    dev = torch.device("cuda")
+    b, grid, c = case["batch"], case["grid"], case["channels"]
+    n = grid[0] * grid[1] * grid[2]
+    a = axis_geometry(grid, AXES.index(axis))[0]
+    x = torch.randn(b, n, c, device=dev, dtype=dtype, requires_grad=True)
+    token = torch.randn(1, 1, c, device=dev, dtype=dtype, requires_grad=True)
+    pos = torch.randn(1, a + 1, c, device=dev, dtype=dtype, requires_grad=True)
+    gamma = torch.ones(c, device=dev, dtype=dtype, requires_grad=True)
+    beta = torch.zeros(c, device=dev, dtype=dtype, requires_grad=True)
+    rows_out = b * n // a * (a + 1)
+    grads = [torch.randn(rows_out // (a + 1), a + 1, c, device=dev, dtype=dtype) for _ in range(2)]
+    elt = x.element_size()
+    nbytes_f = (b * n * c + 2 * rows_out * c) * elt
+    nbytes_b = (2 * rows_out * c + b * n * c) * elt
+
+    def fused(backend):
+        def run():
+            with use_backend(backend):
+                return axis_gather(x, grid, axis, token, pos, norm_weight=gamma, norm_bias=beta)
+        return run
+
+    eager = lambda: axis_gather_unfused(x, grid, axis, token, pos, norm_weight=gamma, norm_bias=beta)  # noqa
+    compiled_fn = torch.compile(axis_gather_unfused)
+    compiled = lambda: compiled_fn(x, grid, axis, token, pos, norm_weight=gamma, norm_bias=beta)  # noqa: E731
+    cands = [("cuda", fused("cuda"), grads), ("triton", fused("triton"), grads), ("torch eager", eager, grads),
+             ("torch.compile", compiled, grads)]
+    return _rows_for(f"axis_gather[{axis}]+ln", f"{case['name']} B{b} T{grid[0]} {grid[1]}x{grid[2]} C{c}",
+                     nbytes_f, nbytes_b, cands, copy_gbs, dtype)
+
+
+def rows(quick: bool = False) -> list[dict]:
+    copy_gbs = _bench.copy_bandwidth_gbs(torch.device("cuda"))
+    out = []
+    shapes = SHAPES[:1] if quick else SHAPES
+    for case in shapes:
+        out += _decode_rows(case, torch.bfloat16, copy_gbs)
+        for axis in (("xy",) if quick else ("xy", "yt", "xt")):
+            out += _gather_rows(case, axis, torch.bfloat16, copy_gbs)
+    return out
+
+
+if __name__ == "__main__":
+    args = _bench.parser(__doc__.splitlines()[0]).parse_args()
+    if _bench.require_gpu("kernels_triplane.py"):
+        result = rows(args.quick)
+        _bench.print_table(result)
+        _bench.write_json(args.json, result, copy_gbs=_bench.copy_bandwidth_gbs())
