@@ -219,7 +219,7 @@ def test_gradcheck_attention_float64():
 
 
 def test_pvdm_convert_cli_round_trip(golden, tmp_path, monkeypatch, capsys):
-    """`pvdm convert --kind unet` on an official-style .pth gives a file that reproduces the golden eps.
+    """`pvdm convert --kind unet` on an official-style .pth writes its weights and config.
 
     The preset machinery is replaced by a stub returning the golden configuration, so this checks the
     conversion path itself (prefixes, strict load, stored config) whatever presets exist.
@@ -252,9 +252,11 @@ def test_pvdm_convert_cli_round_trip(golden, tmp_path, monkeypatch, capsys):
     assert seen["args"] == ("golden", ["unet.dropout=0.0"])
     sd, kind, config = load_weights(dest)
     assert kind == "unet" and config["diffusion"]["cond_prob"] == 0.2
-    model = TriplaneUNet(UNetConfig(**config["unet"])).eval()
-    model.load_state_dict(sd, strict=True)
-    with torch.no_grad():
-        assert_fp32_close(model(data["x"], data["t"], data["cond"]), data["eps_cond"], "converted", rtol=1e-4)
+    assert UNetConfig(**config["unet"]) == UNetConfig(**unet)
+    # Same tensors as the official file (minus the fixed-size `zeros` buffer); that these weights
+    # reproduce the official outputs is test_golden_unet_mc32's job.
+    expected = {k[len("module.diffusion_model."):]: v for k, v in official.items() if not k.endswith(".zeros")}
+    assert sd.keys() == expected.keys()
+    assert all(torch.equal(sd[k], expected[k]) for k in sd)
     assert main(["convert", str(tmp_path / "missing.pth"), str(dest), "--kind", "unet"]) == 2
     assert "no checkpoint file" in capsys.readouterr().err
