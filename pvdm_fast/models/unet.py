@@ -55,7 +55,12 @@ class UNetConfig:
         return latent_length(*self.grid)
 
     def heads_for(self, channels: int) -> int:
-        return self.num_heads if self.num_head_channels == -1 else channels // self.num_head_channels
+        if self.num_head_channels == -1:
+            return self.num_heads
+        if self.num_head_channels <= 0 or channels % self.num_head_channels:
+            raise ValueError(f"num_head_channels={self.num_head_channels} must divide every attended width "
+                             f"(got a level of {channels} channels)")
+        return channels // self.num_head_channels
 
     def validate(self) -> None:
         for name in ("frames", "height", "width", "in_channels", "out_channels", "model_channels", "num_res_blocks"):

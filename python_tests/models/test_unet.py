@@ -74,6 +74,10 @@ def test_converter_accepts_our_config_and_names_bad_keys(golden):
         unet_from_official(broken, config)
     with pytest.raises(ValueError, match="shape mismatch"):
         unet_from_official(sd, UNetConfig(**{**config.__dict__, "model_channels": 64}))
+    with pytest.raises(ValueError, match="unknown official UNet argument 'chanel_mult'"):
+        unet_from_official(sd, latent_shape=config.grid, chanel_mult=(1, 2, 2))
+    with pytest.raises(ValueError, match="latent_shape"):
+        unet_from_official(sd)
 
 
 def test_base_config_matches_official_parameters():
@@ -114,6 +118,15 @@ def test_grid_that_cannot_be_halved_is_a_clear_error():
         TriplaneUNet(tiny(frames=8, height=6, width=8, channel_mult=(1, 2, 2)))
     with pytest.raises(ValueError, match="multiples of 32"):
         TriplaneUNet(tiny(model_channels=48))
+    with pytest.raises(ValueError, match="num_head_channels=24 must divide"):
+        TriplaneUNet(tiny(num_head_channels=24))
+    with pytest.raises(ValueError, match="cannot be split into 5 heads"):
+        TriplaneUNet(tiny(num_heads=5))
+
+
+def test_num_head_channels_sets_heads_per_width():
+    model = TriplaneUNet(tiny(num_head_channels=16))
+    assert model.input_blocks[1][1].heads == 2 and model.mid_attn.heads == 4  # widths 32 and 64
 
 
 def test_bad_inputs_are_clear_errors():
