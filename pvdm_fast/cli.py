@@ -48,18 +48,20 @@ def _add_data(sub) -> None:
 def _cmd_encode(args: argparse.Namespace) -> int:
     import torch
 
-    from pvdm_fast.data.latents import encode_to_cache, file_sha256
-    from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
-    from pvdm_fast.models.io import load_weights
+    from safetensors import safe_open
 
-    state, kind, config = load_weights(args.autoencoder)
-    if "autoencoder" not in kind:
-        raise ValueError(f"{args.autoencoder} holds a {kind!r} model, not an autoencoder")
-    model = Autoencoder(AutoencoderConfig(**config))
-    model.load_state_dict(state, strict=True)
+    from pvdm_fast.data.latents import encode_to_cache, file_sha256
+    from pvdm_fast.pipeline import load_autoencoder
+
+    model = load_autoencoder(args.autoencoder)  # validates the file
+    with safe_open(args.autoencoder, framework="pt") as f:
+        config = json.loads(f.metadata()["config"])
+    # Trainers store the whole run config (sections); converted files store the autoencoder's fields.
+    ae_config = dict(config["autoencoder"]) if isinstance(config.get("autoencoder"), dict) else config
+    stride = args.stride or int((config.get("data") or {}).get("frame_stride", 1))
     manifest = encode_to_cache(
-        model, args.data, args.out, autoencoder_id=file_sha256(args.autoencoder), autoencoder_config=config,
-        resolution=config["resolution"], frames=config["frames"], stride=args.stride,
+        model, args.data, args.out, autoencoder_id=file_sha256(args.autoencoder), autoencoder_config=ae_config,
+        resolution=ae_config["resolution"], frames=ae_config["frames"], stride=stride,
         offsets=tuple(args.offsets), clips_per_video=args.clips_per_video, split=args.split, fold=args.fold,
         batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
         store_dtype=getattr(torch, args.store_dtype), num_workers=args.workers)
@@ -73,7 +75,8 @@ def _add_encode(sub) -> None:
     p.add_argument("--autoencoder", required=True, help="autoencoder weights (.safetensors from pvdm_fast)")
     p.add_argument("--data", required=True, help="FORMAT:PATH or synthetic[:COUNT]")
     p.add_argument("--out", required=True, help="cache folder (an interrupted run resumes there)")
-    p.add_argument("--stride", type=int, default=1, help="frame stride inside a clip")
+    p.add_argument("--stride", type=int, default=None,
+                   help="frame stride inside a clip (default: the file's data.frame_stride, else 1)")
     p.add_argument("--offsets", type=int, nargs="+", default=[0],
                    help="start offsets of the window tilings, each in [0, frames*stride)")
     p.add_argument("--clips-per-video", type=int, default=0, help="at most this many clips per video (0: all)")

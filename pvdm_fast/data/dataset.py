@@ -102,12 +102,13 @@ def open_dataset(spec: str | DataSpec, *, resolution: int, frames: int, stride: 
     split: ucf101 "all" (default, the convention for generation) / "train" / "test" with `fold`;
     sky "train" (default) / "test" (or "val"). verify: count packets of every video file to catch
     truncated files up front (slower start; `pvdm data check` does it). synthetic_frames: length of
-    synthetic videos, default two clips' worth. Raises FileNotFoundError / ValueError naming the path
-    and the expected layout when nothing usable is found.
+    synthetic videos, default room for two consecutive clips (so the latent cache has pairs).
+    Raises FileNotFoundError / ValueError naming the path and the expected layout when nothing
+    usable is found.
     """
     spec = parse_spec(spec)
     config = ClipConfig(frames, stride, cond, mode, clips_per_video, tuple(offsets))
-    synthetic_frames = synthetic_frames or 2 * config.span(config.length)
+    synthetic_frames = synthetic_frames or config.span(2 * config.length)
     sources, skipped = find_sources(spec, split=split, fold=fold, verify=verify, seed=seed,
                                     synthetic_frames=synthetic_frames, resolution=resolution)
     if not sources and not skipped:

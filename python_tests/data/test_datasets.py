@@ -138,3 +138,9 @@ def test_synthetic_is_deterministic_and_moves():
     assert (video[:, 1:] - video[:, :-1]).abs().amax(dim=(0, 2, 3)).min() > 0.1  # something moves every frame
     long = open_dataset("synthetic:1", resolution=40, frames=4, synthetic_frames=500)
     assert long.sources[0].num_frames == 500 and long[0]["video"].shape == (3, 4, 40, 40)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_synthetic_videos_hold_two_consecutive_windows_by_default(stride):
+    ds = open_dataset("synthetic:2", resolution=8, frames=4, stride=stride, mode="windows", clips_per_video=0)
+    assert ds.plan.items == [(0, 0), (0, 4 * stride), (1, 0), (1, 4 * stride)]
