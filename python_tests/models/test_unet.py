@@ -113,6 +113,19 @@ def test_any_grid_forward_backward(grid, mult):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_plain_resampling_and_additive_timestep_variants():
+    cfg = tiny(resblock_updown=False, use_scale_shift_norm=False)
+    model = randomized(cfg, dtype=torch.float32)
+    keys = set(model.state_dict())
+    # Official names of the non-residual resamplers, and the width of the additive embedding.
+    assert "input_blocks.2.0.op.weight" in keys and "output_blocks.1.2.conv.weight" in keys
+    assert model.input_blocks[1][0].emb_layers[1].out_features == 32
+    x, t, c = inputs(cfg, dtype=torch.float32)
+    out = model(x, t, c)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.mean().backward()
+
+
 def test_grid_that_cannot_be_halved_is_a_clear_error():
     with pytest.raises(ValueError, match=r"cannot be halved 2 times.*height=6 not divisible by 4"):
         TriplaneUNet(tiny(frames=8, height=6, width=8, channel_mult=(1, 2, 2)))
