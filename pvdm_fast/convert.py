@@ -62,6 +62,24 @@ def load_strict(module: torch.nn.Module, sd: dict, what: str) -> torch.nn.Module
 
 # ---- autoencoder (models/autoencoder.py) ----
 
+def autoencoder_from_official(source, config) -> "Autoencoder":
+    """An official PVDM autoencoder (state dict or `.pth`) -> Autoencoder, loaded strictly.
+
+    Module names match the official ones, so the state dict loads as is, except the `coords` buffer,
+    which the official model registers but never reads (its size hard-codes 16 frames). The stored
+    rotary buffers (`inv_freqs`, `scales`) are loaded and used.
+    """
+    from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
+
+    if not isinstance(config, AutoencoderConfig):
+        config = AutoencoderConfig(**dict(config))
+    sd = strip_prefixes(read_official(source))
+    sd = {k: v for k, v in sd.items() if k != "coords"}
+    model = Autoencoder(config)
+    load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
+                "autoencoder_from_official")
+    return model
+
 
 # ---- UNet (models/unet.py) ----
 

@@ -1,0 +1,214 @@
+"""Transformer pieces of the PVDM autoencoder: rotary tables, divided space-time attention, GEGLU.
+
+Module and parameter names follow the official checkpoints (`layers.N.M.norm`, `.fn.to_qkv`,
+`.fn.to_out.0`, `.fn.net.0`/`.net.3`, `frame_rot_emb.inv_freqs`, `image_rot_emb.scales`) so that
+official state dicts load by name. Attention runs through `scaled_dot_product_attention`: no score
+matrix is kept for backward, which is what makes the official model need ~27 GB per clip.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class PreNorm(nn.Module):
+    """LayerNorm then `fn` (the residual is added by the caller)."""
+
+    def __init__(self, dim: int, fn: nn.Module):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+
+
+# ---- rotary embeddings (PVDM_SPEC.md "Rotary embeddings")
+
+class TimeRotary(nn.Module):
+    """Frame positions n: angles n * inv_freq_j (j < d/2), laid out as the d/2 angles twice over.
+
+    Rotating adjacent pairs (2i, 2i+1) with this layout mixes two frequencies in one pair; the
+    official weights were trained with it, so it is reproduced exactly."""
+
+    def __init__(self, dim_head: int):
+        super().__init__()
+        inv = 1.0 / (10000 ** (torch.arange(0, dim_head, 2, dtype=torch.float64) / dim_head))
+        self.register_buffer("inv_freqs", inv.float())
+
+    def angles(self, frames: int) -> Tensor:
+        n = torch.arange(frames, dtype=torch.float64, device=self.inv_freqs.device)
+        a = n[:, None] * self.inv_freqs.double()[None]
+        return torch.cat([a, a], dim=-1)  # (frames, dim_head)
+
+
+class SpaceRotary(nn.Module):
+    """Row y and column x in linspace(-1, 1): angles (y * s_k * pi, then x * s_k * pi), each repeated
+    twice consecutively, s_k = 2^linspace(0, log2(5), dim_head / 4)."""
+
+    def __init__(self, dim_head: int, max_freq: float = 10.0):
+        super().__init__()
+        scales = torch.logspace(0.0, math.log(max_freq / 2) / math.log(2), dim_head // 4, base=2,
+                                dtype=torch.float64)
+        self.register_buffer("scales", scales.float())
+
+    def angles(self, height: int, width: int) -> Tensor:
+        dev = self.scales.device
+        s = self.scales.double() * math.pi
+        ys = torch.linspace(-1.0, 1.0, height, dtype=torch.float64, device=dev)[:, None] * s
+        xs = torch.linspace(-1.0, 1.0, width, dtype=torch.float64, device=dev)[:, None] * s
+        a = torch.cat([ys[:, None, :].expand(height, width, -1), xs[None, :, :].expand(height, width, -1)], -1)
+        return a.reshape(height * width, -1).repeat_interleave(2, dim=-1)  # (h*w, dim_head)
+
+
+def rotary_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(cos, sin) in the activation dtype, computed in float64."""
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """out_2i = x_2i cos_2i - x_2i+1 sin_2i, out_2i+1 = x_2i+1 cos_2i+1 + x_2i sin_2i+1."""
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+# ---- attention
+
+class GridAttention(nn.Module):
+    """Multi-head attention along one axis of a (B, T, h, w, C) token grid (time or space)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        inner = heads * dim_head
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim))
+
+    def forward(self, x: Tensor, axis: str, cos: Tensor, sin: Tensor) -> Tensor:
+        b, t, h, w, _ = x.shape
+        qkv = self.to_qkv(x).view(b, t, h, w, 3, self.heads, self.dim_head)
+        if axis == "time":   # every spatial position attends over its frames
+            qkv = qkv.permute(4, 0, 2, 3, 5, 1, 6).reshape(3, b * h * w, self.heads, t, self.dim_head)
+        else:                # every frame attends over its h*w positions (row-major)
+            qkv = qkv.permute(4, 0, 1, 5, 2, 3, 6).reshape(3, b * t, self.heads, h * w, self.dim_head)
+        q, k, v = qkv.unbind(0)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        o = F.scaled_dot_product_attention(q, k, v)  # scale dim_head^-0.5, as the official q scaling
+        if axis == "time":
+            o = o.view(b, h, w, self.heads, t, self.dim_head).permute(0, 4, 1, 2, 3, 5)
+        else:
+            o = o.view(b, t, self.heads, h, w, self.dim_head).permute(0, 1, 3, 4, 2, 5)
+        return self.to_out(o.reshape(b, t, h, w, -1))
+
+
+class GEGLU(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        a, gate = x.chunk(2, dim=-1)
+        return a * F.gelu(gate)
+
+
+class GEGLUFeedForward(nn.Module):
+    """Linear(C -> 2*mult*C), a * GELU(gate), Linear(mult*C -> C); `net.0` / `net.3` as official."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), GEGLU(), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TimeSformerBlock(nn.ModuleList):
+    """[time attention, space attention, feed-forward], each pre-LayerNorm with a residual."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__([PreNorm(dim, GridAttention(dim, heads, dim_head)),
+                          PreNorm(dim, GridAttention(dim, heads, dim_head)),
+                          PreNorm(dim, GEGLUFeedForward(dim))])
+
+    def forward(self, x: Tensor, rot_time: tuple[Tensor, Tensor], rot_space: tuple[Tensor, Tensor],
+                normed: Tensor | None = None) -> Tensor:
+        """`normed`: LayerNorm(x) with this block's first norm, when a fused op already computed it."""
+        time, space, ff = self
+        x = x + time.fn(time.norm(x) if normed is None else normed, "time", *rot_time)
+        x = x + space.fn(space.norm(x), "space", *rot_space)
+        return x + ff.fn(ff.norm(x))
+
+
+class TimeSformer(nn.Module):
+    """A stack of divided space-time blocks on a (B, T, h, w, C) grid with rotary positions."""
+
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, checkpoint: bool = False):
+        super().__init__()
+        self.frame_rot_emb = TimeRotary(dim_head)
+        self.image_rot_emb = SpaceRotary(dim_head)
+        self.layers = nn.ModuleList([TimeSformerBlock(dim, heads, dim_head) for _ in range(depth)])
+        self.checkpoint = checkpoint
+
+    def run_blocks(self, x: Tensor, normed_first: Tensor | None = None) -> Tensor:
+        _, t, h, w, _ = x.shape
+        rot_time = rotary_tables(self.frame_rot_emb.angles(t), x.dtype)
+        rot_space = rotary_tables(self.image_rot_emb.angles(h, w), x.dtype)
+        for i, block in enumerate(self.layers):
+            normed = normed_first if i == 0 else None
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, rot_time, rot_space, normed, use_reentrant=False)
+            else:
+                x = block(x, rot_time, rot_space, normed)
+        return x
+
+
+# ---- the axis projections' small ViT-style transformer
+
+class SequenceAttention(nn.Module):
+    """Plain multi-head self-attention over (N, L, C) sequences (bias-free qkv, `to_out` with bias)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        inner = heads * dim_head
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        project = not (heads == 1 and dim_head == dim)  # the official layer skips the projection then
+        self.to_out = nn.Sequential(nn.Linear(inner, dim)) if project else nn.Identity()
+
+    def forward(self, x: Tensor, first_query_only: bool = False) -> Tensor:
+        n, length, _ = x.shape
+        q, k, v = self.to_qkv(x).view(n, length, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
+        if first_query_only:
+            q = q[:, :, :1]
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(o.transpose(1, 2).reshape(n, q.shape[2], -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class AxisTransformer(nn.Module):
+    """Pre-norm transformer whose output is read at position 0 only: the last layer computes just
+    that query (and its feed-forward), which gives the same value at a fraction of the cost."""
+
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int):
+        super().__init__()
+        self.layers = nn.ModuleList([
+            nn.ModuleList([PreNorm(dim, SequenceAttention(dim, heads, dim_head)), PreNorm(dim, MLP(dim, mlp_dim))])
+            for _ in range(depth)
+        ])
+
+    def first_output(self, x: Tensor, normed_first: Tensor | None = None) -> Tensor:
+        """(N, L, C) sequences -> (N, C): the transformer output at position 0."""
+        last = len(self.layers) - 1
+        for i, (attn, ff) in enumerate(self.layers):
+            y = normed_first if (i == 0 and normed_first is not None) else attn.norm(x)
+            if i == last:
+                x = x[:, :1] + attn.fn(y, first_query_only=True)
+            else:
+                x = x + attn.fn(y)
+            x = x + ff.fn(ff.norm(x))
+        return x[:, 0]
