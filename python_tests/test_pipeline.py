@@ -1,0 +1,143 @@
+"""Pipeline: shapes, per-video seeds, guidance call counts, long-video conditioning, model files."""
+import dataclasses
+
+import pytest
+import torch
+
+from pipeline_fixtures import tiny_models
+
+
+class CountingUNet(torch.nn.Module):
+    """Wraps the UNet and records (batch, cond is None, cond's second half is zero) per call."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet, self.config, self.calls = unet, unet.config, []
+
+    def forward(self, x, t, cond=None):
+        half = None if cond is None else bool((cond[x.shape[0] // 2:] == 0).all())
+        self.calls.append((x.shape[0], cond is None, half))
+        return self.unet(x, t, cond)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+@pytest.fixture(scope="module")
+def pipe(models):
+    from pvdm_fast.pipeline import Pipeline
+
+    ae, unet, diffusion = models
+    return Pipeline(ae, unet, diffusion, device="cpu")
+
+
+def test_output_is_uint8_video_of_the_requested_length(pipe):
+    videos = pipe(num_videos=2, frames=8, sampler="dpm++2m", steps=3, seed=0)
+    assert videos.dtype == torch.uint8 and videos.shape == (2, 8, 16, 16, 3)
+    assert videos.float().std() > 0  # not a constant image
+    assert pipe.clip_frames == 4 and pipe.latent_shape == (4, 4 * 4 + 4 * 4 + 4 * 4)
+
+
+def test_same_seed_same_video_whatever_the_batch(pipe):
+    kw = dict(frames=4, sampler="ddim", steps=3, eta=1.0)
+    batch = pipe(seeds=[3, 4, 5], **kw)
+    alone = pipe(seeds=[4], **kw)
+    chunked = pipe(seeds=[3, 4, 5], batch_size=2, **kw)
+    # Batched matmuls may round differently on the CPU; uint8 truncation can flip a value by one.
+    assert (batch[1].int() - alone[0].int()).abs().max() <= 1
+    assert (batch.int() - chunked.int()).abs().max() <= 1
+    assert (batch[0].int() - batch[1].int()).abs().float().mean() > 5  # seeds do matter
+
+
+def test_guidance_zero_makes_one_call_per_step_and_w_batches_cond_and_uncond(models):
+    from pvdm_fast.pipeline import Pipeline
+
+    ae, unet, diffusion = models
+    counting = CountingUNet(unet)
+    pipe = Pipeline(ae, counting, diffusion, device="cpu")
+    steps = 3
+    pipe(num_videos=2, frames=8, sampler="ddim", steps=steps, guidance=0.0)
+    # clip 0: zero condition (cond=None); clip 1: conditioned, still one call of batch 2 per step
+    assert counting.calls == [(2, True, None)] * steps + [(2, False, False)] * steps
+    counting.calls.clear()
+    pipe(num_videos=2, frames=8, sampler="ddim", steps=steps, guidance=1.5)
+    # w > 0: the conditioned clip runs cond and zero-cond halves as ONE call of batch 4
+    assert counting.calls == [(2, True, None)] * steps + [(4, False, True)] * steps
+
+
+def test_guidance_changes_the_conditioned_clip_only(pipe):
+    kw = dict(seeds=[1], frames=8, sampler="ddim", steps=3, eta=0.0)
+    plain, guided = pipe(guidance=0.0, **kw), pipe(guidance=3.0, **kw)
+    assert torch.equal(plain[:, :4], guided[:, :4])
+    assert not torch.equal(plain[:, 4:], guided[:, 4:])
+
+
+@pytest.mark.parametrize("condition,encodes", [("reencode", 2), ("latent", 0)])
+def test_long_video_reencodes_each_previous_clip(models, monkeypatch, condition, encodes):
+    from pvdm_fast.pipeline import Pipeline
+
+    ae, unet, diffusion = models
+    pipe = Pipeline(ae, unet, diffusion, device="cpu")
+    seen = []
+    original = type(ae).encode
+    monkeypatch.setattr(type(ae), "encode", lambda self, v: seen.append(v.shape) or original(self, v))
+    videos = pipe(num_videos=1, frames=12, sampler="dpm++2m", steps=2, condition=condition)
+    assert videos.shape[1] == 12 and len(seen) == encodes
+    assert all(shape == (1, 3, 4, 16, 16) for shape in seen)
+
+
+def test_from_checkpoints_gives_the_same_videos(models, pipe, tmp_path):
+    from pvdm_fast.models.io import save_weights
+    from pvdm_fast.pipeline import Pipeline
+
+    ae, unet, diffusion = models
+    save_weights(tmp_path / "ae.safetensors", ae.state_dict(), "autoencoder", dataclasses.asdict(ae.config))
+    # a flat UNet config (no sections) is accepted too: the schedule then takes its defaults
+    save_weights(tmp_path / "unet.safetensors", unet.state_dict(), "diffusion", dataclasses.asdict(unet.config))
+    loaded = Pipeline.from_checkpoints(autoencoder=tmp_path / "ae.safetensors",
+                                       diffusion=tmp_path / "unet.safetensors", device="cpu")
+    kw = dict(seeds=[7], frames=4, sampler="dpm++2m", steps=3)
+    assert torch.equal(loaded(**kw), pipe(**kw))
+    with pytest.raises(ValueError, match="autoencoder"):
+        Pipeline.from_checkpoints(autoencoder=tmp_path / "unet.safetensors", diffusion=tmp_path / "unet.safetensors")
+
+
+def test_bad_arguments_raise_value_errors(models, pipe):
+    from pvdm_fast.pipeline import Pipeline
+
+    ae, unet, diffusion = models
+    with pytest.raises(ValueError, match="multiple"):
+        pipe(frames=6)
+    with pytest.raises(ValueError, match="condition"):
+        pipe(frames=8, condition="pixels")
+    with pytest.raises(ValueError, match="precision"):
+        Pipeline(ae, unet, diffusion, device="cpu", precision="fp8")
+    with pytest.raises(ValueError, match="CUDA"):
+        Pipeline(ae, unet, diffusion, device="cpu", cuda_graph=True)
+    other = tiny_models()[1]
+    other.config = dataclasses.replace(other.config, frames=8)
+    with pytest.raises(ValueError, match="grid"):
+        Pipeline(ae, other, diffusion, device="cpu")
+
+
+def test_unconditional_unet_samples_one_clip_and_refuses_long_videos():
+    from pvdm_fast.pipeline import Pipeline
+
+    ae, unet, diffusion = tiny_models(cond_model=False)
+    pipe = Pipeline(ae, unet, diffusion, device="cpu")
+    assert pipe(frames=4, sampler="dpm++2m", steps=2).shape == (1, 4, 16, 16, 3)
+    with pytest.raises(ValueError, match="conditional"):
+        pipe(frames=8)
+
+
+def test_import_pvdm_fast_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, pvdm_fast; assert 'torch' not in sys.modules, 'torch'; "
+            "p = pvdm_fast.Pipeline; assert 'av' not in sys.modules and 'tensorboard' not in sys.modules; "
+            "print(p.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "Pipeline", out.stderr
