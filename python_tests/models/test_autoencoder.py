@@ -1,0 +1,177 @@
+"""The autoencoder: golden outputs of the official implementation, every size from the config."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from pvdm_fast.convert import autoencoder_from_official
+from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
+from pvdm_fast.models.io import load_weights, save_weights
+from pvdm_fast.models.layers import AxisTransformer, SpaceRotary, TimeRotary
+
+GOLDEN = "ae_r32_t16_c32"
+CONFIG_KEYS = [f.name for f in dataclasses.fields(AutoencoderConfig)]
+
+
+def tiny(**kw) -> AutoencoderConfig:
+    base = dict(resolution=16, frames=4, patch_size=4, channels=16, encoder_depth=1, decoder_depth=1, heads=2,
+                dim_head=8, axis_depth=2, axis_heads=2, axis_mlp_dim=24)
+    base.update(kw)
+    return AutoencoderConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def golden_ae():
+    from conftest import golden_dir
+    from safetensors.torch import load_file
+
+    d = golden_dir()
+    if not d.is_dir():
+        pytest.skip(f"golden vectors not found at {d} (set PVDM_GOLDEN_DIR)")
+    tensors = load_file(str(d / f"{GOLDEN}.safetensors"))
+    meta = json.loads((d / f"{GOLDEN}.json").read_text())
+    sd = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    cfg = AutoencoderConfig(**{k: meta[k] for k in CONFIG_KEYS if k in meta})
+    return tensors, sd, cfg
+
+
+def test_golden_official_outputs_in_float64(golden_ae):
+    tensors, sd, cfg = golden_ae
+    model = autoencoder_from_official(sd, cfg).double().eval()
+    with torch.no_grad():
+        latent = model.encode(tensors["input"])
+        decoded = model.decode(tensors["latent"])
+        recon = model.decode(latent)  # == model(input), without encoding twice
+    assert (latent - tensors["latent"]).abs().max() < 1e-6
+    assert (decoded - tensors["decoded_from_latent"]).abs().max() < 1e-6
+    assert (recon - tensors["recon"]).abs().max() < 1e-6
+
+
+def test_golden_in_float32_within_float32_rounding(golden_ae):
+    tensors, sd, cfg = golden_ae
+    model = autoencoder_from_official(sd, cfg).eval()
+    with torch.no_grad():
+        recon = model(tensors["input"].float())
+    assert (recon.double() - tensors["recon"]).abs().max() < 1e-4
+
+
+def test_converter_is_strict_and_names_the_keys(golden_ae):
+    _, sd, cfg = golden_ae
+    missing = {k: v for k, v in sd.items() if k != "post_xt.bias"}
+    with pytest.raises(ValueError, match="missing keys: post_xt.bias"):
+        autoencoder_from_official(missing, cfg)
+    extra = dict(sd, **{"encoder.extra": torch.zeros(1)})
+    with pytest.raises(ValueError, match="unexpected keys: encoder.extra"):
+        autoencoder_from_official(extra, cfg)
+    wrong = dataclasses.replace(cfg, frames=8)  # position embedding of the xy axis no longer fits
+    with pytest.raises(ValueError, match="xy_pos_embedding"):
+        autoencoder_from_official(sd, wrong)
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}
+    autoencoder_from_official(wrapped, cfg)  # DDP prefix and wrapper are accepted
+
+
+def test_stored_rotary_buffers_equal_the_formula(golden_ae):
+    _, sd, cfg = golden_ae
+    torch.testing.assert_close(TimeRotary(cfg.dim_head).inv_freqs, sd["encoder.frame_rot_emb.inv_freqs"])
+    torch.testing.assert_close(SpaceRotary(cfg.dim_head).scales, sd["encoder.image_rot_emb.scales"])
+
+
+def test_time_rotary_layout_has_the_duplicated_frequency_quirk():
+    rot = TimeRotary(8)
+    a = rot.angles(3)
+    inv = rot.inv_freqs.double()
+    assert torch.equal(a[2], torch.cat([2 * inv, 2 * inv]))
+    # adjacent pair (0, 1) rotates with two different frequencies: that is the official meaning
+    assert a[1, 0] != a[1, 1]
+
+
+@pytest.mark.parametrize("cfg", [
+    tiny(resolution=128, patch_size=4, frames=2, channels=8, heads=1, dim_head=8, axis_heads=1),
+    tiny(frames=8),
+    tiny(frames=32, resolution=8),
+    tiny(resolution=[12, 20], frames=3),      # non-square frames: h=3, w=5
+], ids=["res128-patch4", "frames8", "frames32", "non-square"])
+def test_any_size_from_the_config(cfg):
+    torch.manual_seed(0)
+    model = Autoencoder(cfg).eval()
+    t, h, w = cfg.grid
+    hh, ww = cfg.frame_size
+    video = torch.rand(2, 3, cfg.frames, hh, ww) * 2 - 1
+    with torch.no_grad():
+        latent = model.encode(video)
+        assert latent.shape == (2, cfg.embed_dim, h * w + t * w + t * h)
+        assert latent.abs().max() < 1
+        out = model.decode(latent)
+        assert out.shape == video.shape
+        assert out.abs().max() <= 1
+        torch.testing.assert_close(model(video), out)
+
+
+def test_batch_elements_are_independent():
+    torch.manual_seed(0)
+    model = Autoencoder(tiny()).eval()
+    video = torch.rand(3, 3, 4, 16, 16) * 2 - 1
+    with torch.no_grad():
+        together = model.encode(video)
+        alone = torch.cat([model.encode(v[None]) for v in video])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_shapes_are_value_errors_that_state_the_expected_shape():
+    model = Autoencoder(tiny())
+    with pytest.raises(ValueError, match=r"\(B, 3, 4, 16, 16\)"):
+        model.encode(torch.zeros(1, 3, 5, 16, 16))
+    with pytest.raises(ValueError, match=r"\(B, 4, 48\)"):
+        model.decode(torch.zeros(1, 4, 47))
+    with pytest.raises(ValueError, match="patch_size"):
+        Autoencoder(tiny(resolution=18))
+
+
+def test_axis_transformer_first_output_equals_the_full_computation():
+    torch.manual_seed(0)
+    tr = AxisTransformer(16, depth=3, heads=2, dim_head=8, mlp_dim=32).double()
+    x = torch.randn(5, 7, 16, dtype=torch.float64)
+    full = x
+    for attn, ff in tr.layers:
+        full = full + attn.fn(attn.norm(full))
+        full = full + ff.fn(ff.norm(full))
+    torch.testing.assert_close(tr.first_output(x), full[:, 0])
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = Autoencoder(tiny())
+    ckpt = Autoencoder(tiny(checkpoint=True))
+    ckpt.load_state_dict(plain.state_dict())
+    video = torch.rand(1, 3, 4, 16, 16) * 2 - 1
+    grads = []
+    for m in (plain, ckpt):
+        m.train()
+        m.zero_grad()
+        m(video).square().mean().backward()
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-7, msg=k)
+    assert all(g.abs().sum() > 0 for k, g in grads[0].items() if "pos_embedding" not in k), "a parameter got no gradient"
+
+
+def test_weights_round_trip_with_config(tmp_path):
+    torch.manual_seed(0)
+    model = Autoencoder(tiny(resolution=[12, 20]))
+    save_weights(tmp_path / "ae.safetensors", model.state_dict(), "autoencoder",
+                 {"autoencoder": dataclasses.asdict(model.config)})
+    sd, kind, cfg = load_weights(tmp_path / "ae.safetensors")
+    assert kind == "autoencoder"
+    again = Autoencoder(AutoencoderConfig(**cfg["autoencoder"]))
+    again.load_state_dict(sd, strict=True)
+    video = torch.rand(1, 3, 4, 12, 20) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(video), again(video))
+
+
+def test_base_config_parameter_count_is_the_papers():
+    with torch.device("meta"):
+        model = Autoencoder(AutoencoderConfig())
+    n = sum(p.numel() for p in model.parameters())
+    assert round(n / 1e6, 2) == 62.06, n

@@ -1,0 +1,63 @@
+"""Config presets and loading: validated sections, overrides, consistent grids, clear errors."""
+import pytest
+
+from pvdm_fast.configs import build, list_presets, load_config
+
+
+def test_the_four_presets_exist_and_build_every_section():
+    assert {"ucf101-256", "sky-256", "ucf101-128", "demo"} <= set(list_presets())
+    for name in list_presets():
+        cfg = load_config(name)
+        ae = build(cfg, "autoencoder")
+        unet = build(cfg, "unet")
+        diffusion = build(cfg, "diffusion")
+        data = build(cfg, "data")
+        assert (unet.frames, unet.height, unet.width) == ae.grid
+        assert (data.resolution, data.frames) == (ae.resolution, ae.frames)
+        assert diffusion.timesteps > 0
+
+
+def test_preset_values_follow_the_paper():
+    ucf, sky, ucf128 = (load_config(n) for n in ("ucf101-256", "sky-256", "ucf101-128"))
+    assert ucf.diffusion.cond_prob == 0.3 and sky.diffusion.cond_prob == 0.2
+    assert build(ucf, "autoencoder").grid == (16, 32, 32)
+    assert build(ucf128, "autoencoder").grid == (16, 32, 32)  # patch 4 at 128 keeps the grid
+    assert ucf128.autoencoder.patch_size == 4
+
+
+def test_overrides_and_defaults_for_missing_keys(tmp_path):
+    cfg = load_config("demo", ["diffusion.cond_prob=0.5", "autoencoder.checkpoint=true"])
+    assert cfg.diffusion.cond_prob == 0.5 and cfg.autoencoder.checkpoint is True
+    path = tmp_path / "mine.yaml"
+    path.write_text("autoencoder:\n  resolution: 64\n  frames: 8\nsample:\n  steps: 10\n")
+    cfg = load_config(path)
+    assert cfg.autoencoder.channels == 384          # default filled in
+    assert cfg.sample.steps == 10                   # unknown sections are kept for later stages
+
+
+def test_a_typo_is_an_error_not_a_silent_default(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['chanels'\].*autoencoder"):
+        load_config("demo", ["autoencoder.chanels=8"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_config("demo", ["autoencoder.channels"])
+
+
+def test_inconsistent_grids_are_rejected():
+    with pytest.raises(ValueError, match="latent grid"):
+        load_config("demo", ["unet.height=4"])
+    with pytest.raises(ValueError, match="data.resolution"):
+        load_config("demo", ["data.resolution=64"])
+    with pytest.raises(ValueError, match="multiple of"):
+        load_config("demo", ["autoencoder.resolution=30", "data.resolution=30"])
+
+
+def test_missing_file_and_unknown_preset(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="ucf101-256"):
+        load_config("no-such-preset")
+
+
+def test_build_validates_values():
+    with pytest.raises(ValueError):
+        build(load_config("demo", ["diffusion.cond_prob=1.5"]), "diffusion")
