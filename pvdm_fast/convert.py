@@ -62,20 +62,70 @@ def load_strict(module: torch.nn.Module, sd: dict, what: str) -> torch.nn.Module
 
 # ---- autoencoder (models/autoencoder.py) ----
 
-def autoencoder_from_official(source, config) -> "Autoencoder":
-    """An official PVDM autoencoder (state dict or `.pth`) -> Autoencoder, loaded strictly.
+# The axis projections' head count is a constructor constant of the official model (4): the weights
+# only fix heads * head_dim, so it cannot be read from a checkpoint.
+OFFICIAL_AXIS_HEADS = 4
 
-    Module names match the official ones, so the state dict loads as is, except the `coords` buffer,
-    which the official model registers but never reads (its size hard-codes 16 frames). The stored
-    rotary buffers (`inv_freqs`, `scales`) are loaded and used.
+
+def _count_layers(sd: dict, prefix: str) -> int:
+    idx = {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)}
+    return max(idx) + 1 if idx else 0
+
+
+def autoencoder_config_from_official(sd: dict, resolution=None, frames=None) -> "AutoencoderConfig":
+    """Every size of an official autoencoder read from its weights; `resolution` / `frames`, when
+    given, must agree with them (the position embeddings fix both)."""
+    from pvdm_fast.models.autoencoder import AutoencoderConfig
+
+    try:
+        c, patch_in = sd["encoder.to_patch_embedding.weight"].shape
+        in_ch = sd["to_pixel.1.weight"].shape[1]
+        p = int(round((patch_in / in_ch) ** 0.5))
+        dim_head = 2 * sd["encoder.frame_rot_emb.inv_freqs"].shape[0]
+        heads = sd["encoder.layers.0.0.fn.to_qkv.weight"].shape[0] // (3 * dim_head)
+        axis_inner = sd["xy_quant_attn.layers.0.0.fn.to_qkv.weight"].shape[0] // 3
+        t = sd["xy_pos_embedding"].shape[1] - 1
+        h = sd["yt_pos_embedding"].shape[1] - 1
+        w = sd["xt_pos_embedding"].shape[1] - 1
+        cfg = AutoencoderConfig(
+            resolution=h * p if h == w else [h * p, w * p], frames=t, patch_size=p, channels=c,
+            embed_dim=sd["pre_xy.weight"].shape[0], encoder_depth=_count_layers(sd, "encoder.layers."),
+            decoder_depth=_count_layers(sd, "decoder.layers."), heads=heads, dim_head=dim_head,
+            axis_depth=_count_layers(sd, "xy_quant_attn.layers."), axis_heads=OFFICIAL_AXIS_HEADS,
+            axis_dim_head=axis_inner // OFFICIAL_AXIS_HEADS,
+            axis_mlp_dim=sd["xy_quant_attn.layers.0.1.fn.net.0.weight"].shape[0], in_channels=in_ch)
+    except KeyError as exc:
+        raise ValueError(f"not an official PVDM autoencoder state dict: key {exc} is missing") from exc
+    if frames is not None and int(frames) != cfg.frames:
+        raise ValueError(f"frames={frames} disagrees with the checkpoint (its xy position embedding is for "
+                         f"{cfg.frames} frames)")
+    if resolution is not None and cfg.frame_size != AutoencoderConfig(resolution=resolution).frame_size:
+        raise ValueError(f"resolution={resolution} disagrees with the checkpoint (its planes are for "
+                         f"{cfg.frame_size[0]}x{cfg.frame_size[1]} frames with patch {p})")
+    return cfg
+
+
+def autoencoder_from_official(source, resolution=None, frames=None, *, config=None) -> "Autoencoder":
+    """An official PVDM autoencoder (state dict or `.pth` path) -> Autoencoder, loaded strictly.
+
+    Sizes are read from the weights (`resolution`/`frames` are checked against them), or taken from
+    `config` (an AutoencoderConfig or mapping). Module names match the official ones, so the state dict
+    loads as is, except the `coords` buffer, which the official model registers but never reads (its
+    size hard-codes 16 frames). The stored rotary buffers (`inv_freqs`, `scales`) are loaded and used.
     """
     from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
 
-    if not isinstance(config, AutoencoderConfig):
-        config = AutoencoderConfig(**dict(config))
     sd = strip_prefixes(read_official(source))
     sd = {k: v for k, v in sd.items() if k != "coords"}
-    model = Autoencoder(config)
+    if config is None:
+        config = autoencoder_config_from_official(sd, resolution, frames)
+    elif resolution is not None or frames is not None:
+        raise ValueError("autoencoder_from_official: pass either config or resolution/frames, not both")
+    elif not isinstance(config, AutoencoderConfig):
+        config = AutoencoderConfig(**dict(config))
+    with torch.device("meta"):
+        model = Autoencoder(config)
+    model = model.to_empty(device="cpu")
     load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
                 "autoencoder_from_official")
     return model
@@ -183,9 +233,11 @@ def convert_official_file(kind: str, source, dest, config="ucf101-256", override
         model = unet_from_official(source, UNetConfig(**section("unet")))
         stored = {"unet": asdict(model.config), "diffusion": asdict(DiffusionConfig(**section("diffusion")))}
     else:
-        from pvdm_fast.models.autoencoder import AutoencoderConfig
-
-        model = autoencoder_from_official(source, AutoencoderConfig(**section("autoencoder")))
+        # every size of the autoencoder is in its weights; the preset only supplies non-size flags
+        sd = strip_prefixes(read_official(source))
+        inferred = autoencoder_config_from_official({k: v for k, v in sd.items() if k != "coords"})
+        inferred.checkpoint = bool(section("autoencoder").get("checkpoint", False))
+        model = autoencoder_from_official(sd, config=inferred)
         stored = {"autoencoder": asdict(model.config)}
     save_weights(dest, model.state_dict(), kind, stored)
     return stored

@@ -246,7 +246,7 @@ def load_official(autoencoder_pth, diffusion_pth, config, overrides: Sequence[st
 
     cfg = config if isinstance(config, DictConfig) else load_config(str(config), list(overrides))
     sections = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("autoencoder", "unet", "diffusion")}
-    ae = autoencoder_from_official(autoencoder_pth, _build(AutoencoderConfig, sections["autoencoder"], "config"))
+    ae = autoencoder_from_official(autoencoder_pth, config=_build(AutoencoderConfig, sections["autoencoder"], "config"))
     unet = unet_from_official(diffusion_pth, _build(UNetConfig, sections["unet"], "config"))
     return ae, unet, _build(DiffusionConfig, sections["diffusion"], "config")
 

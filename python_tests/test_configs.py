@@ -5,7 +5,7 @@ from pvdm_fast.configs import build, list_presets, load_config
 
 
 def test_the_four_presets_exist_and_build_every_section():
-    assert {"ucf101-256", "sky-256", "ucf101-128", "demo"} <= set(list_presets())
+    assert {"ucf101-256", "sky-256", "ucf101-128", "demo", "tiny"} <= set(list_presets())
     for name in list_presets():
         cfg = load_config(name)
         ae = build(cfg, "autoencoder")

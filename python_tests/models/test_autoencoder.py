@@ -38,7 +38,7 @@ def golden_ae():
 
 def test_golden_official_outputs_in_float64(golden_ae):
     tensors, sd, cfg = golden_ae
-    model = autoencoder_from_official(sd, cfg).double().eval()
+    model = autoencoder_from_official(sd, config=cfg).double().eval()
     with torch.no_grad():
         latent = model.encode(tensors["input"])
         decoded = model.decode(tensors["latent"])
@@ -50,7 +50,7 @@ def test_golden_official_outputs_in_float64(golden_ae):
 
 def test_golden_in_float32_within_float32_rounding(golden_ae):
     tensors, sd, cfg = golden_ae
-    model = autoencoder_from_official(sd, cfg).eval()
+    model = autoencoder_from_official(sd, cfg.resolution, cfg.frames).eval()  # sizes inferred
     with torch.no_grad():
         recon = model(tensors["input"].float())
     assert (recon.double() - tensors["recon"]).abs().max() < 1e-4
@@ -60,15 +60,30 @@ def test_converter_is_strict_and_names_the_keys(golden_ae):
     _, sd, cfg = golden_ae
     missing = {k: v for k, v in sd.items() if k != "post_xt.bias"}
     with pytest.raises(ValueError, match="missing keys: post_xt.bias"):
-        autoencoder_from_official(missing, cfg)
+        autoencoder_from_official(missing)
     extra = dict(sd, **{"encoder.extra": torch.zeros(1)})
     with pytest.raises(ValueError, match="unexpected keys: encoder.extra"):
-        autoencoder_from_official(extra, cfg)
+        autoencoder_from_official(extra)
     wrong = dataclasses.replace(cfg, frames=8)  # position embedding of the xy axis no longer fits
     with pytest.raises(ValueError, match="xy_pos_embedding"):
-        autoencoder_from_official(sd, wrong)
+        autoencoder_from_official(sd, config=wrong)
+    with pytest.raises(ValueError, match="frames=8 disagrees"):
+        autoencoder_from_official(sd, frames=8)
+    with pytest.raises(ValueError, match="resolution=64 disagrees"):
+        autoencoder_from_official(sd, resolution=64)
+    with pytest.raises(ValueError, match="not an official PVDM autoencoder"):
+        autoencoder_from_official({"foo": torch.zeros(1)})
     wrapped = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}
-    autoencoder_from_official(wrapped, cfg)  # DDP prefix and wrapper are accepted
+    assert autoencoder_from_official(wrapped).config == cfg  # wrapper and DDP prefix accepted, sizes read
+
+
+def test_official_pth_file_is_read_with_weights_only(golden_ae, tmp_path):
+    _, sd, cfg = golden_ae
+    path = tmp_path / "ae.pth"
+    torch.save({"state_dict": sd}, path)
+    assert autoencoder_from_official(path, 32, 16).config == cfg
+    with pytest.raises(FileNotFoundError):
+        autoencoder_from_official(tmp_path / "missing.pth")
 
 
 def test_stored_rotary_buffers_equal_the_formula(golden_ae):
@@ -174,4 +189,54 @@ def test_base_config_parameter_count_is_the_papers():
     with torch.device("meta"):
         model = Autoencoder(AutoencoderConfig())
     n = sum(p.numel() for p in model.parameters())
-    assert round(n / 1e6, 2) == 62.06, n
+    assert n == 62_064_399
+
+
+def test_gradcheck_of_the_small_pieces_in_float64():
+    from pvdm_fast.models.layers import apply_rotary, rotary_tables
+
+    torch.manual_seed(0)
+    cos, sin = rotary_tables(SpaceRotary(8).angles(2, 3), torch.float64)
+    x = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: apply_rotary(v, cos, sin), (x,))
+
+    tr = AxisTransformer(8, depth=2, heads=2, dim_head=4, mlp_dim=12).double()
+    seq = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(tr.first_output, (seq,))
+
+    model = Autoencoder(tiny(channels=8, heads=1, dim_head=8, axis_heads=1)).double()
+    latent = torch.rand(1, 4, model.config.latent_length, dtype=torch.float64, requires_grad=True) * 0.5
+    latent = latent.detach().requires_grad_(True)
+    decode_input = lambda z: model.decode(z).sum(dim=(1, 2))  # noqa: E731
+    assert torch.autograd.gradcheck(decode_input, (latent,), atol=1e-6)
+
+
+def test_bf16_autocast_forward_and_backward():
+    torch.manual_seed(0)
+    model = Autoencoder(tiny())
+    video = torch.rand(1, 3, 4, 16, 16) * 2 - 1
+    with torch.no_grad():
+        ref = model(video)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(video)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.1
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_pvdm_convert_writes_a_loadable_checkpoint_with_sizes_from_the_weights(golden_ae, tmp_path):
+    from pvdm_fast import cli
+
+    tensors, sd, cfg = golden_ae
+    src = tmp_path / "official.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, src)
+    dest = tmp_path / "ae.safetensors"
+    assert cli.main(["convert", "--kind", "autoencoder", str(src), str(dest)]) == 0
+    weights, kind, stored = load_weights(dest)
+    assert kind == "autoencoder"
+    model = Autoencoder(AutoencoderConfig(**stored["autoencoder"]))
+    model.load_state_dict(weights, strict=True)
+    with torch.no_grad():
+        latent = model.double().encode(tensors["input"][:1])
+    assert (latent - tensors["latent"][:1]).abs().max() < 1e-6
