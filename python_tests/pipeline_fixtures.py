@@ -8,7 +8,7 @@ import torch
 
 AE_FIELDS = dict(resolution=16, frames=4, patch_size=4, channels=32, embed_dim=4, encoder_depth=1,
                  decoder_depth=1, heads=2, dim_head=8, axis_depth=1, axis_heads=2, axis_mlp_dim=32)
-UNET_FIELDS = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+UNET_FIELDS = dict(model_channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
                    num_heads=2)
 
 
