@@ -92,18 +92,19 @@ def _add_encode(sub) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pvdm_fast.pipeline import Pipeline
-    from pvdm_fast.sample_job import parse_formats, resolve_sampler, sample_to_folder
+    from pvdm_fast.sample_job import model_identity, parse_formats, resolve_sampler, sample_to_folder
 
     formats = parse_formats(args.format)
     sampler, steps, eta = resolve_sampler(args.protocol, args.sampler, args.steps, args.eta)
     options = dict(device=args.device, precision=args.precision, compile=args.compile, cuda_graph=args.cuda_graph)
     if args.autoencoder and args.diffusion and not (args.official_autoencoder or args.official_diffusion):
         pipe = Pipeline.from_checkpoints(autoencoder=args.autoencoder, diffusion=args.diffusion, **options)
-        model_id = f"{args.autoencoder}|{args.diffusion}"
+        model_id = model_identity([args.autoencoder, args.diffusion])
     elif args.official_autoencoder and args.official_diffusion and not (args.autoencoder or args.diffusion):
         pipe = Pipeline.from_official(args.official_autoencoder, args.official_diffusion, args.config,
                                       overrides=args.overrides, **options)
-        model_id = f"{args.official_autoencoder}|{args.official_diffusion}|{args.config}|{args.overrides}"
+        model_id = model_identity([args.official_autoencoder, args.official_diffusion],
+                                  f"{args.config} {' '.join(args.overrides)}".strip())
     else:
         raise ValueError("pass either --autoencoder and --diffusion (pvdm_fast weights) or "
                          "--official-autoencoder and --official-diffusion (official .pth) with --config")

@@ -99,6 +99,21 @@ def write_video_outputs(out: pathlib.Path, index: int, video: np.ndarray, format
             _atomic_file(path, lambda p: _write_npz(p, video))
 
 
+def model_identity(files: Sequence[str | os.PathLike], extra: str = "") -> str:
+    """Content digests of the weight files (+ `extra`, e.g. the preset): a moved or renamed checkpoint
+    is the same model, retrained weights under the same name are not."""
+    import hashlib
+
+    parts = []
+    for path in files:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                digest.update(chunk)
+        parts.append(digest.hexdigest()[:16])
+    return "|".join(parts + ([extra] if extra else []))
+
+
 def check_settings(out: pathlib.Path, settings: dict) -> None:
     """Record the settings in a new folder; refuse to resume a folder made with other settings."""
     path = out / SETTINGS_FILE

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pvdm_fast import cli
-from pvdm_fast.sample_job import (is_done, output_path, parse_formats, resolve_sampler, run_sample_job,
-                                  write_video_outputs)
+from pvdm_fast.sample_job import (is_done, model_identity, output_path, parse_formats, resolve_sampler,
+                                  run_sample_job, write_video_outputs)
 
 T, H, W = 4, 16, 16
 
@@ -72,6 +72,15 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match="seed"):
         run_sample_job(fake_generate([]), tmp_path, 1, 1, seed=1, formats=("npz",), settings={"steps": 10},
                        progress=False)
+
+
+def test_model_identity_follows_file_content_not_names(tmp_path):
+    (tmp_path / "a").write_bytes(b"weights")
+    (tmp_path / "b").write_bytes(b"weights")
+    (tmp_path / "c").write_bytes(b"retrained")
+    assert model_identity([tmp_path / "a"]) == model_identity([tmp_path / "b"])
+    assert model_identity([tmp_path / "a"]) != model_identity([tmp_path / "c"])
+    assert model_identity([tmp_path / "a"], "demo") != model_identity([tmp_path / "a"], "sky-256")
 
 
 def test_format_and_protocol_parsing():
