@@ -61,16 +61,18 @@ class SpaceRotary(nn.Module):
         return a.reshape(height * width, -1).repeat_interleave(2, dim=-1)  # (h*w, dim_head)
 
 
-def rotary_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(cos, sin) in the activation dtype, computed in float64."""
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+def rotary_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rotation of adjacent pairs as four half-width tables in the activation dtype (computed in
+    float64): cos and -sin of the even dims, cos and +sin of the odd dims."""
+    cos, sin = angles.cos(), angles.sin()
+    return tuple(t.to(dtype) for t in (cos[..., 0::2], -sin[..., 0::2], cos[..., 1::2], sin[..., 1::2]))
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def apply_rotary(x: Tensor, table: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
     """out_2i = x_2i cos_2i - x_2i+1 sin_2i, out_2i+1 = x_2i+1 cos_2i+1 + x_2i sin_2i+1."""
-    pairs = x.unflatten(-1, (-1, 2))
-    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+    c_even, s_even, c_odd, s_odd = table
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * c_even + odd * s_even, odd * c_odd + even * s_odd], dim=-1).flatten(-2)
 
 
 # ---- attention
@@ -85,15 +87,15 @@ class GridAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim))
 
-    def forward(self, x: Tensor, axis: str, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, axis: str, rotary: tuple[Tensor, ...]) -> Tensor:
         b, t, h, w, _ = x.shape
         qkv = self.to_qkv(x).view(b, t, h, w, 3, self.heads, self.dim_head)
         if axis == "time":   # every spatial position attends over its frames
             qkv = qkv.permute(4, 0, 2, 3, 5, 1, 6).reshape(3, b * h * w, self.heads, t, self.dim_head)
         else:                # every frame attends over its h*w positions (row-major)
             qkv = qkv.permute(4, 0, 1, 5, 2, 3, 6).reshape(3, b * t, self.heads, h * w, self.dim_head)
-        q, k, v = qkv.unbind(0)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(qkv[:2], rotary).unbind(0)
+        v = qkv[2]
         o = F.scaled_dot_product_attention(q, k, v)  # scale dim_head^-0.5, as the official q scaling
         if axis == "time":
             o = o.view(b, h, w, self.heads, t, self.dim_head).permute(0, 4, 1, 2, 3, 5)
@@ -127,12 +129,12 @@ class TimeSformerBlock(nn.ModuleList):
                           PreNorm(dim, GridAttention(dim, heads, dim_head)),
                           PreNorm(dim, GEGLUFeedForward(dim))])
 
-    def forward(self, x: Tensor, rot_time: tuple[Tensor, Tensor], rot_space: tuple[Tensor, Tensor],
+    def forward(self, x: Tensor, rot_time: tuple[Tensor, ...], rot_space: tuple[Tensor, ...],
                 normed: Tensor | None = None) -> Tensor:
         """`normed`: LayerNorm(x) with this block's first norm, when a fused op already computed it."""
         time, space, ff = self
-        x = x + time.fn(time.norm(x) if normed is None else normed, "time", *rot_time)
-        x = x + space.fn(space.norm(x), "space", *rot_space)
+        x = x + time.fn(time.norm(x) if normed is None else normed, "time", rot_time)
+        x = x + space.fn(space.norm(x), "space", rot_space)
         return x + ff.fn(ff.norm(x))
 
 

@@ -92,6 +92,19 @@ def test_stored_rotary_buffers_equal_the_formula(golden_ae):
     torch.testing.assert_close(SpaceRotary(cfg.dim_head).scales, sd["encoder.image_rot_emb.scales"])
 
 
+def test_rotary_rotates_adjacent_pairs_as_the_spec_writes():
+    from pvdm_fast.models.layers import apply_rotary, rotary_tables
+
+    angles = torch.rand(5, 8, dtype=torch.float64) * 6
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    out = apply_rotary(x, rotary_tables(angles, torch.float64))
+    c, s = angles.cos(), angles.sin()
+    want = torch.empty_like(x)
+    want[..., 0::2] = x[..., 0::2] * c[..., 0::2] - x[..., 1::2] * s[..., 0::2]
+    want[..., 1::2] = x[..., 1::2] * c[..., 1::2] + x[..., 0::2] * s[..., 1::2]
+    torch.testing.assert_close(out, want)
+
+
 def test_time_rotary_layout_has_the_duplicated_frequency_quirk():
     rot = TimeRotary(8)
     a = rot.angles(3)
@@ -196,9 +209,9 @@ def test_gradcheck_of_the_small_pieces_in_float64():
     from pvdm_fast.models.layers import apply_rotary, rotary_tables
 
     torch.manual_seed(0)
-    cos, sin = rotary_tables(SpaceRotary(8).angles(2, 3), torch.float64)
+    table = rotary_tables(SpaceRotary(8).angles(2, 3), torch.float64)
     x = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v: apply_rotary(v, cos, sin), (x,))
+    assert torch.autograd.gradcheck(lambda v: apply_rotary(v, table), (x,))
 
     tr = AxisTransformer(8, depth=2, heads=2, dim_head=4, mlp_dim=12).double()
     seq = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
