@@ -9,6 +9,7 @@ identical to the eager loop's for the same seeds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -18,7 +19,7 @@ from pvdm_fast.diffusion.samplers import EpsFn, NoiseSource, SamplingPlan, denoi
 
 @dataclass
 class _Captured:
-    graph: torch.cuda.CUDAGraph
+    replay: Callable[[], None]
     x: torch.Tensor
     x0: torch.Tensor
     noise: torch.Tensor
@@ -30,16 +31,20 @@ class _Captured:
 class CudaGraphLoop:
     """Drop-in for `EagerLoop` on CUDA. `eps_fn` must read any per-run input (the condition) from
     tensors whose storage stays fixed, since the graph replays the kernels on the captured buffers;
-    pass the same `eps_fn` object again to reuse a capture."""
+    pass the same `eps_fn` object again to reuse a capture.
 
-    def __init__(self, warmup_steps: int = 2):
+    `capture=False` runs the same static-buffer step eagerly (on any device): for debugging, and so
+    the step-counter logic is tested where there is no GPU."""
+
+    def __init__(self, warmup_steps: int = 2, capture: bool = True):
         self.warmup_steps = warmup_steps
+        self.capture = capture
         self._graphs: dict[tuple, _Captured] = {}
         self._pool = None
 
     def __call__(self, eps_fn: EpsFn, plan: SamplingPlan, x: torch.Tensor, noise: NoiseSource | None,
                  clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
-        if x.device.type != "cuda":
+        if self.capture and x.device.type != "cuda":
             raise ValueError("CUDA-graph sampling needs the model and latents on a CUDA device")
         key = (id(eps_fn), tuple(x.shape), x.device, len(plan), clip_x0, plan.needs_noise)
         cap = self._graphs.get(key)
@@ -54,12 +59,12 @@ class CudaGraphLoop:
         for _ in tqdm(range(len(plan)), desc="denoising (graph)", leave=False, disable=not progress):
             if plan.needs_noise:
                 noise.fill_(cap.noise)
-            cap.graph.replay()
+            cap.replay()
         return cap.x.clone()
 
     def _capture(self, eps_fn: EpsFn, plan: SamplingPlan, x: torch.Tensor, clip_x0: bool) -> _Captured:
         plan = plan.to(x.device)
-        cap = _Captured(torch.cuda.CUDAGraph(), x.clone(), torch.zeros_like(x), torch.zeros_like(x),
+        cap = _Captured(lambda: None, x.clone(), torch.zeros_like(x), torch.zeros_like(x),
                         torch.zeros((1,), dtype=torch.int64, device=x.device),
                         plan.timesteps.clone(), plan.coefs.clone())
         batch, use_noise = x.shape[0], plan.needs_noise
@@ -72,6 +77,9 @@ class CudaGraphLoop:
             cap.x0.copy_(x0)
             cap.step.add_(1)
 
+        if not self.capture:
+            cap.replay = body
+            return cap
         # Warm-up on a side stream (cuBLAS/cuDNN handles, autotuning, torch.compile) as capture needs.
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
@@ -83,6 +91,8 @@ class CudaGraphLoop:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         # Graphs share one memory pool: they are never replayed concurrently.
-        with torch.cuda.graph(cap.graph, pool=self._pool):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
             body()
+        cap.replay = graph.replay
         return cap

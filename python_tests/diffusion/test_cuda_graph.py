@@ -49,3 +49,22 @@ def test_graph_loop_rejects_cpu_tensors():
     plan = S.make_plan("ddim", ABAR, 4)
     with pytest.raises(ValueError, match="CUDA"):
         S.run_plan(_gaussian_eps("cpu"), plan, (1, 1, 4), noise=S.PerSampleNoise([0]), loop=CudaGraphLoop())
+
+
+@pytest.mark.parametrize("name,steps", [("ddim", 6), ("ddpm", 5), ("dpm++2m", 4)])
+def test_static_step_logic_matches_eager_without_capture(name, steps):
+    """The graphed loop's device-side step counter and buffers, run uncaptured on the CPU."""
+    from pvdm_fast.diffusion.cuda_graph import CudaGraphLoop
+
+    eps_fn, shape = _gaussian_eps("cpu"), (3, 2, 16)
+    plan = S.make_plan(name, ABAR, steps)
+    eager = S.run_plan(eps_fn, plan, shape, noise=S.PerSampleNoise([4, 5, 6]))
+    loop = CudaGraphLoop(capture=False)
+    for _ in range(2):  # the second run reuses the buffers: state must be reset between runs
+        static = S.run_plan(eps_fn, plan, shape, noise=S.PerSampleNoise([4, 5, 6]), loop=loop)
+        torch.testing.assert_close(static, eager, rtol=0, atol=1e-6)
+    # another plan of the same length reuses the buffers with the new tables
+    other = S.make_plan("ddim", ABAR, steps, 0.0) if name != "ddim" else S.make_plan("ddim", ABAR, steps, 0.3)
+    torch.testing.assert_close(S.run_plan(eps_fn, other, shape, noise=S.PerSampleNoise([4, 5, 6]), loop=loop),
+                               S.run_plan(eps_fn, other, shape, noise=S.PerSampleNoise([4, 5, 6])),
+                               rtol=0, atol=1e-6)
