@@ -6,7 +6,6 @@ import pathlib
 
 import numpy as np
 import pytest
-import torch
 
 from pvdm_fast import cli
 from pvdm_fast.sample_job import (is_done, model_identity, output_path, parse_formats, resolve_sampler,
