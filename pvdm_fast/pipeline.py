@@ -42,7 +42,11 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 
 class Pipeline:
-    """Samples videos from a trained (or converted official) PVDM."""
+    """Samples videos from a trained (or converted official) PVDM.
+
+    The modules are put in eval mode and moved to `device` in place (as `nn.Module.to` does).
+    `diffusion` is a DiffusionConfig (schedule and default guidance); None takes the defaults.
+    """
 
     def __init__(self, autoencoder: torch.nn.Module, unet: torch.nn.Module, diffusion=None, *,
                  device: str | torch.device | None = None, precision: str = "auto",
