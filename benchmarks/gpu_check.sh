@@ -38,7 +38,7 @@ test_rc=${PIPESTATUS[0]}
 
 echo "== kernel benchmarks"
 bench_rc=0
-timeout 180 python3 "$root/benchmarks/kernels.py" ${quick:+--quick} --json "$work/kernels.json" || bench_rc=$?
+timeout 180 python3 "$root/benchmarks/kernels.py" ${quick:+--quick} --write-prefs --json "$work/kernels.json" || bench_rc=$?
 
 for script in end_to_end.py; do
   if [ -f "$root/benchmarks/$script" ]; then

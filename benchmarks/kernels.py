@@ -78,13 +78,13 @@ def group_norm_silu_rows(quick: bool = False) -> list[dict]:
                 try:
                     ms = _bench.do_bench_ms(call)
                 except Exception as exc:  # a backend failing is a result, not a crash of the table
-                    rows.append(dict(op="group_norm_silu", shape=f"{b}x{c}x{segments}", dtype="bf16",
-                                     pass_=pass_, impl=name, error=f"{type(exc).__name__}: {exc}"[:120]))
+                    rows.append({"op": "group_norm_silu", "shape": f"{b}x{c}x{segments}", "dtype": "bfloat16",
+                                 "pass": pass_, "backend": name, "error": f"{type(exc).__name__}: {exc}"[:120]})
                     continue
                 gbs = nbytes / (ms * 1e-3) / 1e9
-                rows.append(dict(op="group_norm_silu", shape=f"{b}x{c}x{segments}", dtype="bf16",
-                                 pass_=pass_, impl=name, ms=ms, gbs=gbs,
-                                 pct_copy_bw=100 * gbs / copy_gbs))
+                rows.append({"op": "group_norm_silu", "shape": f"{b}x{c}x{segments}", "dtype": "bfloat16",
+                             "pass": pass_, "backend": name, "ms": ms, "GB/s": gbs,
+                             "pct_of_copy_bw": 100 * gbs / copy_gbs})
     return rows
 
 
@@ -100,15 +100,48 @@ def all_rows(quick: bool = False) -> list[dict]:
     return rows
 
 
+def preferences_from_rows(rows: list[dict], gpu: str) -> dict:
+    """{gpu: {op: {dtype: [fused backends, fastest first]}}} from the measured rows: per op and dtype,
+    the total fwd+bwd time over all shapes (fwd where no backward was timed)."""
+    from pvdm_fast.ops import dispatch
+
+    names = sorted(dispatch.REGISTRY, key=len, reverse=True)
+    totals: dict = {}
+    for r in rows:
+        if "ms" not in r or r.get("backend") not in dispatch.AUTO_ORDER:
+            continue
+        op = next((n for n in names if str(r.get("op", "")).startswith(n)), None)
+        if op is None:
+            continue
+        key = (op, r.get("dtype"))
+        passes = totals.setdefault(key, {})
+        passes.setdefault(r.get("pass", "fwd"), {}).setdefault(r["backend"], 0.0)
+        passes[r.get("pass", "fwd")][r["backend"]] += r["ms"]
+    prefs: dict = {}
+    for (op, dtype), passes in totals.items():
+        timed = passes.get("fwd+bwd") or passes.get("fwd") or {}
+        if timed:
+            prefs.setdefault(gpu, {}).setdefault(op, {})[dtype] = sorted(timed, key=timed.get)
+    return prefs
+
+
 def main(argv=None) -> int:
-    args = _bench.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = _bench.parser(__doc__.splitlines()[0])
+    p.add_argument("--write-prefs", action="store_true",
+                   help="record the fastest backend per op and dtype for `auto` (see pvdm_fast.ops.dispatch)")
+    args = p.parse_args(argv)
     if not _bench.require_gpu("kernels.py"):
         return 0
     rows = all_rows(args.quick)
     print(f"device: {_bench.device_name()}   measured copy bandwidth: "
           f"{_bench.copy_bandwidth_gbs():.0f} GB/s")
     _bench.print_table(rows)
-    _bench.write_json(args.json, rows, copy_bandwidth_gbs=_bench.copy_bandwidth_gbs())
+    prefs = preferences_from_rows(rows, _bench.device_name())
+    if args.write_prefs and prefs:
+        from pvdm_fast.ops import dispatch
+
+        print(f"backend preferences written to {dispatch.save_preferences(prefs)}: {prefs}")
+    _bench.write_json(args.json, rows, copy_bandwidth_gbs=_bench.copy_bandwidth_gbs(), backend_preferences=prefs)
     return 0
 
 

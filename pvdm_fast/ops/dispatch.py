@@ -1,15 +1,19 @@
 """Backend selection for the fused ops.
 
 Every op registers which backends implement it and for which dtypes. `auto` picks, for CUDA tensors,
-the first of cuda > triton that is built and supports the input, else the reference; CPU tensors
-always get the reference. `PVDM_BACKEND=<name>` or `use_backend(name)` forces one backend, and
+the fastest of cuda / triton that is built and supports the input, else the reference; CPU tensors
+always get the reference. "Fastest" is measured: `benchmarks/kernels.py` times every backend on the
+device and records the winner per (GPU model, op, dtype) in a preferences file (PVDM_BACKEND_PREFS,
+default ~/.cache/pvdm_fast/backend_prefs.json); without a measurement the order is cuda > triton. `PVDM_BACKEND=<name>` or `use_backend(name)` forces one backend, and
 forcing one that cannot run the input raises instead of silently falling back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pathlib
 from dataclasses import dataclass, field
 
 import torch
@@ -105,6 +109,67 @@ def register(spec: OpSpec) -> OpSpec:
     return spec
 
 
+# ---- measured preferences: {gpu name: {op: {dtype name: [backends, fastest first]}}}
+
+def preferences_path() -> pathlib.Path:
+    env = os.environ.get("PVDM_BACKEND_PREFS")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "pvdm_fast" / "backend_prefs.json"
+
+
+_prefs: dict | None = None
+_device_names: dict[int, str] = {}
+
+
+def load_preferences(path: pathlib.Path | None = None) -> dict:
+    """Read the preferences file once; a missing or unreadable file means no measurements."""
+    global _prefs
+    if _prefs is None or path is not None:
+        try:
+            data = json.loads((path or preferences_path()).read_text())
+            _prefs = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _prefs = {}
+    return _prefs
+
+
+def save_preferences(measured: dict, path: pathlib.Path | None = None) -> pathlib.Path:
+    """Merge `measured` ({gpu: {op: {dtype: order}}}) into the file, atomically; returns its path."""
+    global _prefs
+    path = path or preferences_path()
+    current: dict = {}
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    for gpu, ops in measured.items():
+        for op, by_dtype in ops.items():
+            current.setdefault(gpu, {}).setdefault(op, {}).update(by_dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    _prefs = current
+    return path
+
+
+def auto_order(op: str, gpu: str, dtype: torch.dtype) -> tuple[str, ...]:
+    """The backends `auto` tries for `op` on this GPU model and dtype, fastest measured first."""
+    measured = load_preferences().get(gpu, {}).get(op, {}).get(str(dtype).replace("torch.", ""))
+    if not measured:
+        return AUTO_ORDER
+    order = [b for b in measured if b in AUTO_ORDER]
+    return tuple(order + [b for b in AUTO_ORDER if b not in order])
+
+
+def _gpu_name(device: torch.device) -> str:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _device_names:
+        _device_names[index] = torch.cuda.get_device_name(index)
+    return _device_names[index]
+
+
 def select(spec: OpSpec, x: torch.Tensor) -> str:
     """The backend that runs `spec` on `x` (see module docstring)."""
     forced = forced_backend()
@@ -114,7 +179,7 @@ def select(spec: OpSpec, x: torch.Tensor) -> str:
             raise RuntimeError(f"{spec.name}: backend {forced!r} was requested but {why}")
         return forced
     if x.device.type == "cuda":
-        for backend in AUTO_ORDER:
+        for backend in auto_order(spec.name, _gpu_name(x.device), x.dtype):
             if spec.reason(backend, x) is None:
                 return backend
     return "reference"
@@ -133,7 +198,9 @@ def describe(device_type: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> 
             status[backend] = "available" if why is None else f"unavailable: {why}"
         auto = "reference"
         if device_type == "cuda":
-            auto = next((b for b in AUTO_ORDER if status.get(b) == "available" and dtype in spec.dtypes[b]),
+            order = auto_order(spec.name, torch.cuda.get_device_name(), dtype) if torch.cuda.is_available() \
+                else AUTO_ORDER
+            auto = next((b for b in order if status.get(b) == "available" and dtype in spec.dtypes[b]),
                         "reference")
         rows.append({"op": spec.name, "backends": status, "auto": auto})
     return rows
