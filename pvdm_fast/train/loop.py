@@ -11,6 +11,7 @@ on the global batch and a resumed run the same as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import pathlib
@@ -193,6 +194,7 @@ class Trainer:
             self.skipped_steps += 1
             metrics[f"{part.name}/skipped"] = 1.0
             return False
+        metrics[f"{part.name}/lr"] = part.optimizer.param_groups[0]["lr"]  # the rate this update uses
         if part.scaler is not None:
             part.scaler.unscale_(part.optimizer)
         if part.max_grad_norm > 0:
@@ -206,7 +208,6 @@ class Trainer:
         part.optimizer.zero_grad(set_to_none=True)
         if part.scheduler is not None:
             part.scheduler.step()
-        metrics[f"{part.name}/lr"] = part.optimizer.param_groups[0]["lr"]
         return True
 
     # ---- checkpoints -----------------------------------------------------------------------
@@ -252,7 +253,8 @@ class Trainer:
         if checkpoint.manifest.get("stage") != self.section_name:
             raise ValueError(f"{checkpoint.dir} is a {checkpoint.manifest.get('stage')} checkpoint, not "
                              f"{self.section_name}")
-        mine = self._model_config()
+        # Through JSON so that tuples from the dataclasses compare equal to the lists in the manifest.
+        mine = json.loads(json.dumps(self._model_config()))
         for key, value in mine.items():
             if key in saved and saved[key] != value and key in ("autoencoder", "unet", "diffusion", "data"):
                 raise ValueError(f"checkpoint {checkpoint.dir} was trained with a different `{key}` config "

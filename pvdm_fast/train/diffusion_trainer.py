@@ -1,0 +1,196 @@
+"""Stage 2: the triplane UNet on autoencoder latents, with the official joint objective.
+
+Each step a coin (per batch as officially, from the step generator) decides whether the batch trains
+conditionally: then the target is the second T frames of a 2T-frame clip and the condition the
+first T frames' latent (zeroed when those frames are padding); otherwise the target is a random
+T-frame window of the clip and the condition is zero. With `--latents` the pairs come from the cache
+(a clip's latent and the latent of the clip before it), so no encoder runs in the loop. AdamW with a
+linear warm-up that is applied (the official config names one but never applies it), EMA with the
+official decay 0.9999 every 25 steps by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+from dataclasses import asdict
+
+import torch
+
+from pvdm_fast.train.checkpoint import Weights
+from pvdm_fast.train.loop import Trainer, rows_of_rank
+
+
+def warmup_factor(warmup_steps: int):
+    """lr multiplier of optimizer step s (0-based): (s + 1) / warmup_steps, then 1."""
+    if warmup_steps <= 0:
+        return lambda s: 1.0
+    return lambda s: min(1.0, (s + 1) / warmup_steps)
+
+
+def resolve_autoencoder_file(path: str | os.PathLike) -> pathlib.Path:
+    """A weights file, or a stage-1 run folder (its exported autoencoder.safetensors)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "autoencoder.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no autoencoder weights at {path}; pass the autoencoder.safetensors written by "
+                                "`pvdm train-autoencoder` (or `pvdm convert`)")
+    return path
+
+
+def check_grids(ae_config, unet_config, source: str) -> None:
+    ae_grid = tuple(int(g) for g in ae_config.grid)
+    if ae_grid != tuple(int(g) for g in unet_config.grid):
+        raise ValueError(f"the autoencoder {source} has latent grid (T, h, w) = {ae_grid}, but the unet config "
+                         f"expects {unet_config.grid}; use the config the autoencoder was trained with")
+
+
+class DiffusionTrainer(Trainer):
+    section_name = "train_diffusion"
+    description = "diffusion"
+
+    def __init__(self, cfg, run_dir, *, autoencoder: str | os.PathLike, data: str | None = None,
+                 latents: str | os.PathLike | None = None, **kwargs):
+        if (data is None) == (latents is None):
+            raise ValueError("train-diffusion needs exactly one of --data FORMAT:PATH or --latents CACHE_DIR")
+        self.ae_path = resolve_autoencoder_file(autoencoder)
+        super().__init__(cfg, run_dir, run_info={"autoencoder": str(self.ae_path), "data": data,
+                                                 "latents": None if latents is None else str(latents)}, **kwargs)
+        self.data_spec, self.latents_dir = data, latents
+
+    def build(self) -> None:
+        from omegaconf import OmegaConf
+
+        from pvdm_fast.diffusion.schedule import DiffusionConfig, NoiseSchedule
+        from pvdm_fast.models.unet import TriplaneUNet, UNetConfig
+        from pvdm_fast.pipeline import load_autoencoder
+
+        tc, dev = self.tc, self.ctx.device
+        unet_fields = OmegaConf.to_container(self.cfg.unet, resolve=True)
+        if tc.activation_checkpointing:
+            unet_fields["checkpoint"] = True
+        self.unet_config = UNetConfig(**unet_fields)
+        self.unet_config.validate()
+        self.diffusion_config = DiffusionConfig(**OmegaConf.to_container(self.cfg.diffusion, resolve=True))
+        self.schedule = NoiseSchedule.from_config(self.diffusion_config).to(dev)
+        self.cond_prob = self.diffusion_config.cond_prob if tc.cond_prob is None else tc.cond_prob
+        self.autoencoder = load_autoencoder(self.ae_path).to(dev).eval().requires_grad_(False)
+        check_grids(self.autoencoder.config, self.unet_config, str(self.ae_path))
+        self.model = TriplaneUNet(self.unet_config).to(dev)
+        self.unet = self.wrap(self.model)
+        self.unet_fwd = self.maybe_compile(self.unet)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(tc.warmup_steps))
+        self.part = self.make_part("unet", self.unet, opt, tc.max_grad_norm, sched)
+        if tc.ema_decay > 0 and self.ctx.is_main:
+            from pvdm_fast.train.ema import EMA
+
+            self.ema = EMA(self.model, tc.ema_decay, tc.ema_every)
+
+    def ema_module(self):
+        return self.model
+
+    def dataset(self):
+        if self.latents_dir is not None:
+            from pvdm_fast.data.latents import LatentDataset, file_sha256
+
+            data = LatentDataset(self.latents_dir, autoencoder_id=file_sha256(self.ae_path))
+            expected = (int(self.unet_config.in_channels), int(self.unet_config.latent_length))
+            if tuple(data.latent_shape) != expected:
+                raise ValueError(f"latents in {self.latents_dir} have shape {data.latent_shape}, the unet expects "
+                                 f"{expected}")
+            return data
+        from pvdm_fast.data.dataset import open_dataset
+
+        d = self.cfg.data
+        return open_dataset(self.data_spec, resolution=d.resolution, frames=d.frames, stride=d.frame_stride,
+                            cond=True, mode="train", seed=self.tc.data_seed)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.autoencoder.encode(video).float()
+
+    def latents_of(self, batch: dict, conditioned: torch.Tensor, prefix: torch.Tensor):
+        """(x, cond, cond_valid) latents of a micro-batch; `conditioned`/`prefix` are this rank's rows."""
+        if "latent" in batch:
+            return batch["latent"].float(), batch["cond"].float(), batch["cond_valid"]
+        video, valid = batch["video"], batch["cond_valid"].to(self.ctx.device)
+        frames = video.shape[2] // 2
+        cond_on = conditioned.to(self.ctx.device) & valid
+        # Conditional: the last T frames; unconditional: a random window; padded clips: the real half.
+        start = torch.where(cond_on | ~valid, torch.full_like(prefix, frames), prefix.to(self.ctx.device))
+        idx = start.view(-1, 1) + torch.arange(frames, device=self.ctx.device)
+        x_video = torch.take_along_dim(video, idx.view(-1, 1, frames, 1, 1), dim=2)
+        x = self.encode(x_video)
+        cond = self.encode(video[:, :, :frames]) if bool(cond_on.any()) else torch.zeros_like(x)
+        return x, cond, valid
+
+    def train_step(self, batches: list[dict]) -> dict[str, float]:
+        from pvdm_fast.diffusion.losses import draw_conditioned, joint_loss
+
+        tc, B = self.tc, self.tc.batch_size
+        shape = (int(self.unet_config.in_channels), int(self.unet_config.latent_length))
+        frames = int(self.unet_config.frames)
+
+        def loss_fn(batch, i):
+            gen = self.generator(i)
+            conditioned = rows_of_rank(self.ctx, draw_conditioned(B, self.cond_prob, generator=gen))
+            prefix = rows_of_rank(self.ctx, torch.randint(0, frames + 1, (B,), generator=gen))
+            t = rows_of_rank(self.ctx, torch.randint(0, self.schedule.num_timesteps, (B,), generator=gen))
+            noise = rows_of_rank(self.ctx, torch.randn((B, *shape), generator=gen))
+            x, cond, valid = self.latents_of(batch, conditioned, prefix)
+            out = joint_loss(self.unet_fwd, self.schedule, x, cond, valid, conditioned=conditioned,
+                             loss=self.diffusion_config.loss, t=t.to(x.device), noise=noise.to(x.device))
+            return out.loss, {"conditioned": out.conditioned.float().mean()}
+
+        metrics = self.accumulate(self.part, batches, loss_fn)
+        self.update(self.part, metrics)
+        return metrics
+
+    def _file_config(self) -> dict:
+        return {"unet": asdict(self.unet_config), "diffusion": asdict(self.diffusion_config)}
+
+    def weights(self) -> dict[str, Weights]:
+        out = {"unet": Weights(self.model.state_dict(), "diffusion", self._file_config())}
+        if self.ema is not None:
+            out["ema"] = Weights(self.ema.state_dict(), "diffusion", self._file_config())
+        return out
+
+    def load_weights(self, checkpoint) -> None:
+        self._load_state(self.model, checkpoint.weights("unet", self.ctx.device)[0], "the unet")
+        if self.ema is not None:
+            if "ema" in checkpoint.manifest["weights"]:
+                self.ema.load_state_dict(checkpoint.weights("ema", self.ctx.device)[0])
+            else:
+                self.ema.load_state_dict(self.model.state_dict())
+
+    def averaged_unet(self) -> torch.nn.Module:
+        """A copy of the UNet holding the EMA weights (or the raw weights when EMA is off)."""
+        net = copy.deepcopy(self.model).eval()
+        if self.ema is not None:
+            self.ema.copy_to(net)
+        return net
+
+    @torch.no_grad()
+    def sample(self) -> None:
+        from pvdm_fast.pipeline import Pipeline
+        from pvdm_fast.train.media import save_gif, video_grid_frames
+
+        pipe = Pipeline(self.autoencoder, self.averaged_unet(), self.diffusion_config, device=self.ctx.device)
+        videos = pipe(self.tc.sample_count, sampler="ddim", steps=min(self.tc.sample_steps,
+                                                                      self.schedule.num_timesteps), seed=0)
+        self.autoencoder.requires_grad_(False)
+        video = videos.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        save_gif(self.run_dir / "samples" / f"samples-{self.step:08d}.gif", video_grid_frames([video]))
+        self.logger.add_video("samples", video, self.step)
+
+    def export(self) -> list[pathlib.Path]:
+        from pvdm_fast.models.io import save_weights
+
+        path = self.run_dir / "diffusion.safetensors"
+        state = self.ema.state_dict() if self.ema is not None else self.model.state_dict()
+        save_weights(path, state, "diffusion", self._file_config())
+        return [path]

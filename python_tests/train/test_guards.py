@@ -1,0 +1,131 @@
+"""Training guards and schedules: discriminators idle before gan_start_step, non-finite losses stop
+or skip, the warm-up is applied, the EMA follows its interval."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pvdm_fast.train import distributed as D
+from pvdm_fast.train.autoencoder_trainer import AutoencoderTrainer
+from pvdm_fast.train.checkpoint import load_checkpoint
+from pvdm_fast.train.diffusion_trainer import DiffusionTrainer
+from pvdm_fast.train.loop import NonFiniteLossError
+
+CPU = D.DistContext(0, 1, 0, torch.device("cpu"))
+
+
+def _cfg(path):
+    return OmegaConf.load(path)
+
+
+def _ae(tiny_config, run_dir, **train):
+    return AutoencoderTrainer(_cfg(tiny_config(train_autoencoder=train)), run_dir, data="synthetic:6", ctx=CPU,
+                              progress=False)
+
+
+def _dm(tiny_config, run_dir, ae_file, **train):
+    return DiffusionTrainer(_cfg(tiny_config(train_diffusion=train)), run_dir, autoencoder=ae_file,
+                            data="synthetic:6", ctx=CPU, progress=False)
+
+
+def test_discriminators_idle_before_gan_start(tmp_path, tiny_config):
+    trainer = _ae(tiny_config, tmp_path / "run", gan_start_step=2, total_clips=8)  # 2 steps: both before
+    calls = []
+    original_build = trainer.build
+
+    def build():
+        original_build()
+        trainer.initial = {k: v.clone() for k, v in trainer.disc.state_dict().items()}
+        for m in trainer.disc.modules():
+            m.register_forward_hook(lambda *a: calls.append(1))
+
+    trainer.build = build
+    trainer.run()
+    assert calls == []
+    assert all(torch.equal(v, trainer.initial[k]) for k, v in trainer.disc.state_dict().items())
+    assert trainer.d.optimizer.state_dict()["state"] == {}
+    # Two more steps cross gan_start_step: now they run and move.
+    more = AutoencoderTrainer(_cfg(tiny_config(train_autoencoder={"gan_start_step": 2, "total_clips": 16})),
+                              tmp_path / "run", data="synthetic:6", ctx=CPU, resume=True, progress=False)
+    more.run()
+    assert any(not torch.equal(v, trainer.initial[k]) for k, v in more.disc.state_dict().items())
+    assert "disc/loss" in more.history[-1] and "ae/g_adv" in more.history[-1]
+
+
+def _poison_at(trainer, step):
+    original_build = trainer.build
+
+    def build():
+        original_build()
+        trainer.model.register_forward_hook(
+            lambda m, i, out: out * float("nan") if trainer.step == step and torch.is_grad_enabled() else None)
+
+    trainer.build = build
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_config, tiny_autoencoder):
+    run = tmp_path / "run"
+    trainer = _dm(tiny_config, run, tiny_autoencoder, checkpoint_every=2)
+    _poison_at(trainer, 2)  # the third step (0-based index 2) sees a NaN loss
+    with pytest.raises(NonFiniteLossError, match=r"unet loss is nan at step 2.*step-00000002"):
+        trainer.run()
+    ckpt = load_checkpoint(run)
+    assert ckpt.step == 2
+    saved = ckpt.weights("unet")[0]
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())  # no update after it
+
+
+def test_nonfinite_loss_skipped_when_asked(tmp_path, tiny_config, tiny_autoencoder):
+    trainer = _dm(tiny_config, tmp_path / "run", tiny_autoencoder, skip_nonfinite=True)
+    _poison_at(trainer, 1)
+    summary = trainer.run()
+    assert summary["step"] == 4 and summary["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert [h.get("unet/skipped", 0.0) for h in trainer.history] == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_warmup_scales_the_first_updates(tmp_path, tiny_config, tiny_autoencoder):
+    def first_update(warmup):
+        trainer = _dm(tiny_config, tmp_path / f"w{warmup}", tiny_autoencoder, warmup_steps=warmup, total_clips=4,
+                      ema_decay=0.0)
+        original_build = trainer.build
+
+        def build():
+            original_build()
+            trainer.start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+        trainer.build = build
+        trainer.run()
+        return trainer, max((v - trainer.start[k]).abs().max().item() for k, v in trainer.model.state_dict().items())
+
+    t10, moved10 = first_update(10)
+    t1, moved1 = first_update(0)
+    assert t10.history[0]["unet/lr"] == pytest.approx(1e-3 / 10)
+    assert t1.history[0]["unet/lr"] == pytest.approx(1e-3)
+    # Adam's first step moves each weight by about lr: a 10x smaller rate, a ~10x smaller move.
+    assert moved10 == pytest.approx(moved1 / 10, rel=0.05)
+
+
+def test_ema_follows_its_interval(tmp_path, tiny_config, tiny_autoencoder):
+    trainer = _dm(tiny_config, tmp_path / "run", tiny_autoencoder, ema_decay=0.5, ema_every=3, total_clips=8)
+    original_build = trainer.build
+
+    def build():
+        original_build()
+        trainer.initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer.build = build
+    trainer.run()  # 2 steps < 3: the EMA still holds the initial weights
+    ema2 = load_checkpoint(tmp_path / "run").weights("ema")[0]
+    assert all(torch.equal(ema2[k], v) for k, v in trainer.initial.items())
+    more = _dm(tiny_config, tmp_path / "run", tiny_autoencoder, ema_decay=0.5, ema_every=3, total_clips=12)
+    more.resume = True
+    more.run()  # step 3: one average, decay 0.5, of the initial weights and the weights after step 3
+    ema3 = more.ema.state_dict()
+    moved = False
+    for k, v in more.model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(ema3[k], 0.5 * trainer.initial[k] + 0.5 * v, atol=1e-6), k
+            moved |= not torch.equal(v, trainer.initial[k])
+    assert moved
