@@ -38,6 +38,7 @@ def main() -> int:
     p.add_argument("--build-rc", type=int, default=0)
     p.add_argument("--test-rc", type=int, default=0)
     p.add_argument("--bench-rc", type=int, default=0)
+    p.add_argument("--sanitizer-rc", type=int, default=0)
     a = p.parse_args()
 
     import torch
@@ -55,7 +56,9 @@ def main() -> int:
                      "cuda": torch.version.cuda, "triton": triton_version},
         "build_info": json.loads((a.work / "build_info.json").read_text())
         if (a.work / "build_info.json").exists() else None,
-        "exit_codes": {"build": a.build_rc, "gpu_tests": a.test_rc, "kernel_benchmarks": a.bench_rc},
+        "exit_codes": {"build": a.build_rc, "gpu_tests": a.test_rc, "kernel_benchmarks": a.bench_rc,
+                       "compute_sanitizer": a.sanitizer_rc},
+        "sanitizer_logs": {p.stem: p.read_text()[-2000:] for p in sorted(a.work.glob("sanitizer_*.log"))},
         "gpu_tests": _tests(a.work / "gpu_tests.xml"),
         "benchmarks": {},
     }

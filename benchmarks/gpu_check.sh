@@ -32,13 +32,26 @@ python3 -c "import json, pvdm_fast.ops._ext as e; print(json.dumps(e.build_info(
 
 echo "== GPU tests"
 test_rc=0
-timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --rootdir "$root" -c "$root/pyproject.toml" \
+timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider --rootdir "$root" -c "$root/pyproject.toml" \
   --junitxml="$work/gpu_tests.xml" "$root/python_tests" 2>&1 | tail -n 40 || true
 test_rc=${PIPESTATUS[0]}
 
+echo "== compute-sanitizer (memcheck, racecheck) on every CUDA kernel, forward and backward"
+san_rc=0
+sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
+if [ -n "$sanitizer" ]; then
+  for tool in memcheck racecheck; do
+    timeout 75 "$sanitizer" --tool "$tool" --error-exitcode 99 --target-processes all \
+      python3 "$root/benchmarks/sanitizer_driver.py" > "$work/sanitizer_$tool.log" 2>&1 || san_rc=$?
+    tail -n 5 "$work/sanitizer_$tool.log"
+  done
+else
+  echo "compute-sanitizer not found"; san_rc=127
+fi
+
 echo "== kernel benchmarks"
 bench_rc=0
-timeout 180 python3 "$root/benchmarks/kernels.py" ${quick:+--quick} --write-prefs --json "$work/kernels.json" || bench_rc=$?
+timeout 100 python3 "$root/benchmarks/kernels.py" ${quick:+--quick} --write-prefs --json "$work/kernels.json" || bench_rc=$?
 
 for script in end_to_end.py; do
   if [ -f "$root/benchmarks/$script" ]; then
@@ -51,7 +64,7 @@ for script in end_to_end.py; do
 done
 
 python3 "$root/benchmarks/collect_results.py" --work "$work" --root "$root" --commit "$commit" \
-  --build-rc "$build_rc" --test-rc "$test_rc" --bench-rc "$bench_rc"
+  --build-rc "$build_rc" --test-rc "$test_rc" --bench-rc "$bench_rc" --sanitizer-rc "$san_rc"
 rc=$?
 echo "== done in $(( $(date +%s) - started )) s"
-exit $(( build_rc || test_rc || rc ))
+exit $(( build_rc || test_rc || san_rc || rc ))
