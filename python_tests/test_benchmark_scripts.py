@@ -36,3 +36,24 @@ def test_gpu_only_scripts_exit_cleanly_without_a_gpu(capsys):
     assert _load("kernels").main([]) == 0
     assert _load("sanitizer_driver").main() == 0
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_readme_table_renders_results_and_rewrites_only_its_block(tmp_path):
+    table = _load("readme_table")
+    doc = {"device": "NVIDIA H100", "commit": "abc1234", "versions": {"torch": "2.11"},
+           "gpu_tests": {"counts": {"passed": 3, "failed": 0}},
+           "benchmarks": {"end_to_end": {"rows": [
+               {"what": "autoencoder train step", "backend": "auto", "batch": 1, "s_per_step": 0.5,
+                "clips_per_s": 2.0, "peak_gib_per_clip": 4.2, "largest_batch": 5, "mfu": 0.41}]},
+               "kernels": {"rows": [{"op": "group_norm_silu", "shape": "16x256", "dtype": "bfloat16",
+                                     "pass": "fwd", "backend": "cuda", "ms": 0.1, "GB/s": 2500.0,
+                                     "pct_of_copy_bw": 83.0}]}}}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "h100-abc1234.json").write_text(json.dumps(doc))
+    text = table.render(table.load_results(tmp_path / "results"))
+    assert "NVIDIA H100" in text and "abc1234" in text and "| 4.2 |" in text and "| 83 |" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{table.START}\nold\n{table.END}\nafter\n")
+    table.update_readme(readme, "NEW")
+    assert readme.read_text() == f"before\n{table.START}\nNEW\n{table.END}\nafter\n"
+    assert "No GPU results" in table.render([])

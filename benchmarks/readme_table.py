@@ -1,0 +1,87 @@
+"""Regenerate the README's performance table from the committed results files.
+
+    python benchmarks/readme_table.py          # rewrites the block between the perf-table markers
+
+Only numbers in benchmarks/results/*.json (written by gpu_check.sh, with device and commit) appear.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def render(results: list[dict]) -> str:
+    if not results:
+        return ("No GPU results are committed yet. On a GPU, `bash benchmarks/gpu_check.sh` writes "
+                "`benchmarks/results/<gpu>-<commit>.json`; then run `python benchmarks/readme_table.py`.")
+    lines = []
+    for doc in results:
+        counts = doc.get("gpu_tests", {}).get("counts", {})
+        lines.append(f"**{doc.get('device')}**, commit `{doc.get('commit')}`, torch "
+                     f"{doc.get('versions', {}).get('torch')}: GPU tests {counts}")
+        lines.append("")
+        e2e = doc.get("benchmarks", {}).get("end_to_end", {}).get("rows", [])
+        if e2e:
+            lines += ["| measurement | backend | batch | s/step or s/clip | clips or samples/s | peak GiB (per clip) "
+                      "| largest batch in 24 GB | MFU |", "|---|---|---|---|---|---|---|---|"]
+            for r in e2e:
+                if "error" in r:
+                    continue
+                what = r["what"] + (f" {r['sampler']} {r['steps']} steps" if "sampler" in r else "")
+                what += " (CUDA graph)" if r.get("cuda_graph") else ""
+                lines.append("| " + " | ".join(_fmt(v) for v in (
+                    what, r.get("backend"), r.get("batch"),
+                    r.get("s_per_step", r.get("s_per_clip", r.get("s_total"))),
+                    r.get("clips_per_s", r.get("samples_per_s")),
+                    r.get("peak_gib_per_clip", r.get("peak_gib")), r.get("largest_batch"), r.get("mfu"))) + " |")
+            lines.append("")
+        kern = doc.get("benchmarks", {}).get("kernels", {}).get("rows", [])
+        if kern:
+            lines += ["| kernel | shape | dtype | pass | backend | ms | GB/s | % of copy bandwidth |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for r in kern:
+                if "ms" in r:
+                    lines.append("| " + " | ".join(_fmt(r.get(k)) for k in (
+                        "op", "shape", "dtype", "pass", "backend", "ms", "GB/s", "pct_of_copy_bw")) + " |")
+            lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def load_results(folder: pathlib.Path) -> list[dict]:
+    """The newest results file per device."""
+    newest: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.json")):
+        doc = json.loads(path.read_text())
+        key = doc.get("device", path.stem)
+        if key not in newest or path.stat().st_mtime >= newest[key]["_mtime"]:
+            newest[key] = {**doc, "_mtime": path.stat().st_mtime}
+    return list(newest.values())
+
+
+def update_readme(readme: pathlib.Path, table: str) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme}: the markers {START} / {END} are missing")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+
+
+def main() -> int:
+    update_readme(ROOT / "README.md", render(load_results(ROOT / "benchmarks" / "results")))
+    print("README.md performance table updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
