@@ -175,6 +175,11 @@ from pvdm_fast.train import commands as _train_commands  # noqa: E402
 
 SUBCOMMANDS += _train_commands.SUBCOMMANDS
 
+# `pvdm eval` (metrics) registers from its own module the same way.
+from pvdm_fast.metrics import commands as _eval_commands  # noqa: E402
+
+SUBCOMMANDS += _eval_commands.SUBCOMMANDS
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pvdm", description="pvdm_fast: projected latent video diffusion")

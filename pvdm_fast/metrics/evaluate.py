@@ -1,0 +1,166 @@
+"""The evaluation jobs behind `pvdm eval`: FVD / KVD (I3D), IS (C3D) and reconstruction quality.
+
+Every result is returned with a `protocol` dict that records everything the number depends on
+(network file digest and its preprocessing, frames, stride, clip counts, data, seeds), so results
+and cached real statistics can be compared safely.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import torch
+
+from pvdm_fast.metrics.features import accumulate, dist_rank_world, iter_dataset_batches
+from pvdm_fast.metrics.sample_reader import iter_sample_batches, list_samples
+from pvdm_fast.metrics.stats import FeatureStats, check_protocol, load_stats, save_stats
+
+STATS_FORMAT = "pvdm_fast.feature_stats.v1"
+# Keys of a real-statistics protocol that must agree with the generated side's network and clips.
+NETWORK_KEYS = ("network", "network_sha256", "preprocessing", "frames", "stride")
+CLIP_SAMPLING = "one clip per video at a seeded random start; videos chosen by a seeded permutation"
+
+
+def _sha256(path) -> str:
+    from pvdm_fast.data.latents import file_sha256
+
+    return file_sha256(path)
+
+
+def _i3d(path, device):
+    from pvdm_fast.metrics.i3d import i3d_features, i3d_protocol, load_i3d
+
+    model = load_i3d(path, device=device)
+    net = {"network": "i3d-kinetics400", "network_sha256": _sha256(path), "preprocessing": {
+        "pvdm": "short side to 224 (bilinear), centre crop 224, x/255*2-1 (pytorch-i3d)",
+        "stylegan-v": "TorchScript detector(rescale=True, resize=True, return_features=True) on uint8 values",
+    }[i3d_protocol(model)]}
+    return (lambda videos: i3d_features(model, videos)), net
+
+
+def real_features(real: str, extract, net: dict, *, num: int, frames: int, stride: int, resolution: int,
+                  batch_size: int, seed: int, split, fold: int, workers: int, stats_cache, progress: bool):
+    """(mean, cov, features, protocol) of the real side: a statistics file, or a dataset spec (cached
+    in `stats_cache` when given; a cache made with another protocol is refused)."""
+    path = pathlib.Path(real)
+    if real.endswith(".npz"):
+        stats, protocol = load_stats(path)
+        check_protocol(path, protocol, {**net, "frames": frames, "stride": stride}, NETWORK_KEYS)
+        return stats["mean"], stats["cov"], stats["features"], {"stats_file": str(path), **protocol}
+    protocol = {"format": STATS_FORMAT, **net, "frames": frames, "stride": stride, "data": str(real),
+                "split": split, "fold": fold, "resolution": resolution, "num": num, "seed": seed,
+                "clip_sampling": CLIP_SAMPLING}
+    if stats_cache is not None and pathlib.Path(stats_cache).is_file():
+        stats, cached = load_stats(stats_cache)
+        check_protocol(stats_cache, cached, protocol)
+        return stats["mean"], stats["cov"], stats["features"], {"stats_file": str(stats_cache), **cached}
+    rank, world = dist_rank_world()
+    batches = iter_dataset_batches(real, num=num, frames=frames, stride=stride, resolution=resolution,
+                                   batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers,
+                                   rank=rank, world_size=world)
+    stats = accumulate(batches, extract, progress=progress, total=num, desc="real")
+    if stats_cache is not None and rank == 0:
+        save_stats(stats_cache, stats, protocol)
+    return stats.mean, stats.cov, stats.features, protocol
+
+
+def fake_features(fake, extract, *, num, frames, stride, batch_size, progress) -> tuple[FeatureStats, dict]:
+    rank, world = dist_rank_world()
+    available = len(list_samples(fake))
+    num = available if num is None else num
+    batches = iter_sample_batches(fake, batch_size, frames, stride, num=num, rank=rank, world_size=world)
+    stats = accumulate(batches, extract, progress=progress, total=num, desc="generated")
+    return stats, {"samples": str(fake), "num": num, "frames": frames, "stride": stride}
+
+
+def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 16, stride: int = 1,
+                 resolution: int = 256, batch_size: int = 8, seed: int = 0, split=None, fold: int = 1,
+                 workers: int = 0, stats_cache=None, device="cpu", kvd: dict | None = None,
+                 progress: bool = False) -> dict:
+    """FVD (and KVD when `kvd` holds its options) of the videos in `fake` against `real`."""
+    from pvdm_fast.metrics.fvd import frechet_distance_from_stats
+    from pvdm_fast.metrics.kvd import kernel_distance
+
+    extract, net = _i3d(i3d, device)
+    fake_stats, fake_protocol = fake_features(fake, extract, num=num, frames=frames, stride=stride,
+                                              batch_size=batch_size, progress=progress)
+    mean, cov, feats, real_protocol = real_features(
+        real, extract, net, num=fake_protocol["num"], frames=frames, stride=stride, resolution=resolution,
+        batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers, stats_cache=stats_cache,
+        progress=progress)
+    result = {"fvd": frechet_distance_from_stats(mean, cov, fake_stats.mean, fake_stats.cov)}
+    if kvd is not None:
+        if feats is None:
+            raise ValueError("the real statistics file holds no features, which KVD needs; recompute it")
+        result.update(kernel_distance(feats, fake_stats.features, **kvd))
+    protocol = {**net, "frames": frames, "stride": stride, "distance": "Frechet, float64, unbiased (N-1) "
+                "covariances, eigen-decomposition square roots", "generated": fake_protocol, "real": real_protocol}
+    if kvd is not None:
+        protocol["kvd"] = "unbiased MMD^2, kernel (x.y/D + 1)^3, mean over seeded random subsets"
+    return {**result, "protocol": protocol}
+
+
+def evaluate_is(*, fake, c3d, c3d_mean=None, num: int | None = 2048, frames: int = 16, stride: int = 1,
+                splits: int = 10, batch_size: int = 8, device="cpu", progress: bool = False) -> dict:
+    from pvdm_fast.metrics.c3d import c3d_probabilities, load_c3d
+    from pvdm_fast.metrics.inception_score import inception_score
+
+    model = load_c3d(c3d, c3d_mean, device=device)
+    stats, fake_protocol = fake_features(fake, lambda v: c3d_probabilities(model, v), num=num, frames=frames,
+                                         stride=stride, batch_size=batch_size, progress=progress)
+    mean, std = inception_score(stats.features, splits=splits)
+    protocol = {"network": "c3d-ucf101", "network_sha256": _sha256(c3d), "splits": splits,
+                "shuffle": "numpy RandomState(42) before splitting", "generated": fake_protocol}
+    if c3d_mean is not None:
+        protocol["mean_sha256"] = _sha256(c3d_mean)
+    return {"is": mean, "is_std": std, "protocol": protocol}
+
+
+def evaluate_recon(*, autoencoder, data: str, num: int = 256, stride: int | None = None, batch_size: int = 4,
+                   seed: int = 0, split=None, fold: int = 1, workers: int = 0, lpips=None, lpips_heads=None,
+                   device="cpu", progress: bool = False) -> dict:
+    import json
+
+    from safetensors import safe_open
+
+    from pvdm_fast.metrics.recon import evaluate_reconstruction
+    from pvdm_fast.pipeline import load_autoencoder
+
+    model = load_autoencoder(autoencoder).to(device).eval()
+    with safe_open(str(autoencoder), framework="pt") as f:
+        config = json.loads(f.metadata()["config"])
+    stride = stride or int((config.get("data") or {}).get("frame_stride", 1))
+    cfg = model.config
+    lp = None
+    if lpips is not None:
+        from pvdm_fast.models.lpips import LPIPS
+
+        lp = LPIPS.from_file(lpips, lpips_heads).to(device)
+    rank, world = dist_rank_world()
+    if world > 1:
+        raise ValueError("pvdm eval recon runs in one process; launch it without torchrun")
+    batches = iter_dataset_batches(data, num=num, frames=cfg.frames, stride=stride, resolution=cfg.resolution,
+                                   batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers,
+                                   as_uint8=False)
+    result = evaluate_reconstruction(model, batches, lp, device=device, progress=progress)
+    protocol = {"autoencoder_sha256": _sha256(autoencoder), "data": data, "split": split, "fold": fold,
+                "num": num, "frames": cfg.frames, "stride": stride, "resolution": cfg.resolution, "seed": seed,
+                "clip_sampling": CLIP_SAMPLING, "psnr": "per video on [0, 1], mean over videos",
+                "ssim": "Gaussian 11x11 sigma 1.5, valid, per frame, mean over frames and videos"}
+    if lp is not None:
+        protocol["lpips"] = "VGG16, per frame, mean over frames and videos"
+        protocol["lpips_sha256"] = _sha256(lpips) + ("," + _sha256(lpips_heads) if lpips_heads else "")
+    return {**result, "protocol": protocol}
+
+
+def to_json_ready(obj):
+    if isinstance(obj, dict):
+        return {k: to_json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json_ready(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
