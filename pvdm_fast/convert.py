@@ -109,12 +109,19 @@ def autoencoder_from_official(source, resolution=None, frames=None, *, config=No
     """An official PVDM autoencoder (state dict or `.pth` path) -> Autoencoder, loaded strictly.
 
     Sizes are read from the weights (`resolution`/`frames` are checked against them), or taken from
-    `config` (an AutoencoderConfig or mapping). Module names match the official ones, so the state dict
-    loads as is, except the `coords` buffer, which the official model registers but never reads (its
-    size hard-codes 16 frames). The stored rotary buffers (`inv_freqs`, `scales`) are loaded and used.
+    `config` (an AutoencoderConfig or mapping, also accepted as the second positional argument).
+    Module names match the official ones, so the state dict loads as is, except the `coords` buffer,
+    which the official model registers but never reads (its size hard-codes 16 frames). The stored
+    rotary buffers (`inv_freqs`, `scales`) are loaded and used.
     """
+    from collections.abc import Mapping
+
     from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
 
+    if isinstance(resolution, (AutoencoderConfig, Mapping)):  # autoencoder_from_official(sd, config)
+        if config is not None:
+            raise ValueError("autoencoder_from_official: config given twice (positionally and by keyword)")
+        config, resolution = resolution, None
     sd = strip_prefixes(read_official(source))
     sd = {k: v for k, v in sd.items() if k != "coords"}
     if config is None:

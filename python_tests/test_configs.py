@@ -61,3 +61,59 @@ def test_missing_file_and_unknown_preset(tmp_path):
 def test_build_validates_values():
     with pytest.raises(ValueError):
         build(load_config("demo", ["diffusion.cond_prob=1.5"]), "diffusion")
+
+
+def test_base_presets_build_the_official_autoencoder_size():
+    import torch
+
+    from pvdm_fast.models.autoencoder import Autoencoder
+
+    for name in ("ucf101-256", "sky-256"):
+        with torch.device("meta"):  # no memory, no init cost: only the shapes are needed
+            model = Autoencoder(build(load_config(name), "autoencoder"))
+        assert sum(p.numel() for p in model.parameters()) == 62_064_399, name
+
+
+def test_demo_preset_trains_an_autoencoder_step_in_well_under_a_second():
+    import time
+
+    import torch
+
+    from pvdm_fast.models.autoencoder import Autoencoder
+
+    torch.manual_seed(0)
+    cfg = build(load_config("demo"), "autoencoder")
+    model = Autoencoder(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    video = torch.rand(2, cfg.in_channels, cfg.frames, *cfg.frame_size) * 2 - 1
+    times = []
+    threads = torch.get_num_threads()
+    # one thread and CPU time, not wall time: other jobs on a shared machine then neither count nor
+    # make OpenMP threads burn CPU spinning at barriers
+    torch.set_num_threads(1)
+    try:
+        for _ in range(4):
+            start = time.process_time()
+            loss = 4 * (model(video) - video).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.process_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    # about 0.04 s on one core, so 0.5 s means the preset grew far past "trains in seconds"; the first
+    # step (lazy imports, allocator warm-up) is left out
+    assert sorted(times[1:])[1] < 0.5, times
+
+
+def test_non_square_autoencoder_grid(tmp_path):
+    path = tmp_path / "wide.yaml"
+    path.write_text("autoencoder:\n  resolution: [32, 48]\n  patch_size: 8\n  frames: 4\n"
+                    "unet:\n  frames: 4\n  height: 4\n  width: 6\n")
+    assert build(load_config(path), "autoencoder").grid == (4, 4, 6)
+    with pytest.raises(ValueError, match="latent grid"):
+        load_config(path, ["unet.width=4"])
+    with pytest.raises(ValueError, match="square clips"):
+        load_config(path, ["data.resolution=32", "data.frames=4"])
+    with pytest.raises(ValueError, match="multiple of"):
+        load_config(path, ["autoencoder.resolution=[32,44]", "unet.width=5"])

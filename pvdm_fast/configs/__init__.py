@@ -113,17 +113,23 @@ def build(cfg, name: str) -> Any:
 
 def _check_consistency(cfg) -> None:
     """The UNet works on the autoencoder's latent grid, and the data feeds the autoencoder."""
+    from omegaconf import OmegaConf
+
     ae, unet, data = cfg.get("autoencoder"), cfg.get("unet"), cfg.get("data")
     if ae is None:
         return
-    p = ae.patch_size
-    if p <= 0 or ae.resolution % p:
+    ae_cfg = section_class("autoencoder")(**OmegaConf.to_container(ae, resolve=True))
+    hh, ww = ae_cfg.frame_size  # resolution may be an int or [height, width]
+    p = ae_cfg.patch_size
+    if p <= 0 or hh % p or ww % p:
         raise ValueError(f"autoencoder.resolution ({ae.resolution}) must be a multiple of "
                          f"autoencoder.patch_size ({p})")
-    grid = (ae.frames, ae.resolution // p, ae.resolution // p)
+    grid = ae_cfg.grid
     if unet is not None and (unet.frames, unet.height, unet.width) != grid:
         raise ValueError(f"unet.frames/height/width {(unet.frames, unet.height, unet.width)} must equal the "
                          f"autoencoder's latent grid (T, H/p, W/p) = {grid}")
-    if data is not None and (data.resolution, data.frames) != (ae.resolution, ae.frames):
+    # the data pipeline makes square clips, so a non-square autoencoder cannot be fed by it
+    if data is not None and ((data.resolution, data.resolution), data.frames) != ((hh, ww), ae.frames):
         raise ValueError(f"data.resolution/frames ({data.resolution}, {data.frames}) must equal "
-                         f"autoencoder.resolution/frames ({ae.resolution}, {ae.frames})")
+                         f"autoencoder.resolution/frames ({ae.resolution}, {ae.frames}); the data pipeline "
+                         f"makes square clips")
