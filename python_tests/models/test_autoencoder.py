@@ -212,6 +212,24 @@ def test_base_config_parameter_count_is_the_papers():
     assert n == 62_064_399
 
 
+def test_base_config_state_dict_has_the_official_names_and_shapes(golden):
+    from pvdm_fast.convert import autoencoder_config_from_official
+
+    shapes = golden.parent / "official_state_dict_shapes.json"
+    if not shapes.is_file():
+        pytest.skip(f"{shapes} not found")
+    official = {k: tuple(s) for k, s in json.loads(shapes.read_text())["autoencoder"]["state_dict"]}
+    official.pop("coords")  # registered but never read by the official model; not loaded
+    with torch.device("meta"):
+        model = Autoencoder(AutoencoderConfig())
+        sd = {k: torch.empty(s) for k, s in official.items()}
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == official
+    # every size of the base config is recovered from the official shapes alone
+    base = AutoencoderConfig()
+    inferred = autoencoder_config_from_official(sd, 256, 16)
+    assert inferred == dataclasses.replace(base, axis_dim_head=base.axis_head_dim)  # None resolved to C/8
+
+
 def test_gradcheck_of_the_small_pieces_in_float64():
     from pvdm_fast.models.layers import apply_rotary, rotary_tables
 
