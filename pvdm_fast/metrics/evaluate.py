@@ -83,12 +83,17 @@ def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 
     from pvdm_fast.metrics.kvd import kernel_distance
 
     extract, net = _i3d(i3d, device)
-    fake_stats, fake_protocol = fake_features(fake, extract, num=num, frames=frames, stride=stride,
-                                              batch_size=batch_size, progress=progress)
+    available = len(list_samples(fake))  # a missing or empty folder fails here, before any real video is read
+    num = available if num is None else num
+    if num > available:
+        raise ValueError(f"{fake} holds {available} videos, fewer than the {num} requested (lower --num)")
+    # The real side first: a cached file with another protocol is refused before any video is read.
     mean, cov, feats, real_protocol = real_features(
-        real, extract, net, num=fake_protocol["num"], frames=frames, stride=stride, resolution=resolution,
+        real, extract, net, num=num, frames=frames, stride=stride, resolution=resolution,
         batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers, stats_cache=stats_cache,
         progress=progress)
+    fake_stats, fake_protocol = fake_features(fake, extract, num=num, frames=frames, stride=stride,
+                                              batch_size=batch_size, progress=progress)
     result = {"fvd": frechet_distance_from_stats(mean, cov, fake_stats.mean, fake_stats.cov)}
     if kvd is not None:
         if feats is None:
