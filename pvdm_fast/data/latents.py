@@ -127,8 +127,11 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.Path
 
 def _encode_items(autoencoder, dataset, items: range, batch_size: int, device: torch.device, num_workers: int,
                   bar) -> tuple[dict, list[dict]]:
+    from pvdm_fast.data.loader import worker_context
+
+    extra = {"multiprocessing_context": worker_context()} if num_workers > 0 else {}
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(items)), batch_size=batch_size,
-                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+                                         num_workers=num_workers, pin_memory=device.type == "cuda", **extra)
     latents, videos, starts, failed = [], [], [], []
     for batch in loader:
         ok = batch["ok"]

@@ -62,6 +62,19 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def worker_context():
+    """forkserver where available: workers fork from a clean single-threaded server instead of this
+    process, whose threads (tqdm's monitor, queue feeders, codec and OpenMP pools) may hold locks at
+    fork time and hang a child (observed here; Python 3.12+ warns about exactly this)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "pvdm_fast.data"])  # each worker then starts in milliseconds
+    return context
+
+
 def make_loader(dataset, batch_size: int, *, seed: int = 0, shuffle: bool = True, epoch: int = 0,
                 rank: int | None = None, world_size: int | None = None, num_workers: int | None = None,
                 device: str | torch.device | None = None, drop_last: bool = False,
@@ -78,7 +91,7 @@ def make_loader(dataset, batch_size: int, *, seed: int = 0, shuffle: bool = True
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     sampler = ShardedSampler(len(dataset), rank, world_size, shuffle, seed, epoch, infinite)
-    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True,
-             "worker_init_fn": _worker_init} if num_workers > 0 else {}
+    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True, "worker_init_fn": _worker_init,
+             "multiprocessing_context": worker_context()} if num_workers > 0 else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=torch.device(device).type == "cuda", drop_last=drop_last, **extra)
