@@ -61,18 +61,23 @@ class SpaceRotary(nn.Module):
         return a.reshape(height * width, -1).repeat_interleave(2, dim=-1)  # (h*w, dim_head)
 
 
-def rotary_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The rotation of adjacent pairs as four half-width tables in the activation dtype (computed in
-    float64): cos and -sin of the even dims, cos and +sin of the odd dims."""
+def rotary_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(cos, signed sin) of `angles` (..., d), shaped (..., d/2, 2) to match x's adjacent pairs, computed
+    in float64 and cast to the activation dtype. The sin table carries the sign of each pair slot
+    (-sin for the even dim, +sin for the odd one), so applying it is two multiplies and an add."""
     cos, sin = angles.cos(), angles.sin()
-    return tuple(t.to(dtype) for t in (cos[..., 0::2], -sin[..., 0::2], cos[..., 1::2], sin[..., 1::2]))
+    sign = torch.tensor([-1.0, 1.0], dtype=angles.dtype, device=angles.device)
+    return cos.unflatten(-1, (-1, 2)).to(dtype), (sin.unflatten(-1, (-1, 2)) * sign).to(dtype)
 
 
-def apply_rotary(x: Tensor, table: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
-    """out_2i = x_2i cos_2i - x_2i+1 sin_2i, out_2i+1 = x_2i+1 cos_2i+1 + x_2i sin_2i+1."""
-    c_even, s_even, c_odd, s_odd = table
-    even, odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack([even * c_even + odd * s_even, odd * c_odd + even * s_odd], dim=-1).flatten(-2)
+def apply_rotary(x: Tensor, table: tuple[Tensor, Tensor]) -> Tensor:
+    """out_2i = x_2i cos_2i - x_2i+1 sin_2i, out_2i+1 = x_2i+1 cos_2i+1 + x_2i sin_2i+1.
+
+    Each pair is multiplied with itself and with its swapped copy (a flip); unlike strided even/odd
+    slices this has a backward with no zero-filled gradient buffers."""
+    cos, sin = table
+    pairs = x.unflatten(-1, (-1, 2))
+    return (pairs * cos + pairs.flip(-1) * sin).flatten(-2)
 
 
 # ---- attention
@@ -88,20 +93,24 @@ class GridAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, dim))
 
     def forward(self, x: Tensor, axis: str, rotary: tuple[Tensor, ...]) -> Tensor:
+        """`rotary` broadcasts over the attended positions as laid out here: (T, d/2, 2) for time,
+        (h, w, d/2, 2) for space. Returns (B, T, h, w, C), possibly as a permuted view."""
         b, t, h, w, _ = x.shape
         qkv = self.to_qkv(x).view(b, t, h, w, 3, self.heads, self.dim_head)
+        qk, v = qkv.split([2, 1], dim=4)  # split, not slicing: its backward is one cat, no zero fill
         if axis == "time":   # every spatial position attends over its frames
-            qkv = qkv.permute(4, 0, 2, 3, 5, 1, 6).reshape(3, b * h * w, self.heads, t, self.dim_head)
+            order, lead, positions = (4, 0, 2, 3, 5, 1, 6), (b, h, w), (t,)
         else:                # every frame attends over its h*w positions (row-major)
-            qkv = qkv.permute(4, 0, 1, 5, 2, 3, 6).reshape(3, b * t, self.heads, h * w, self.dim_head)
-        q, k = apply_rotary(qkv[:2], rotary).unbind(0)
-        v = qkv[2]
+            order, lead, positions = (4, 0, 1, 5, 2, 3, 6), (b, t), (h, w)
+        # the rotary output keeps qkv's memory order, so flattening it is a view except for time
+        # attention at batch > 1 (b and (h, w) are not adjacent there); SDPA takes the strided views
+        batch, length = math.prod(lead), math.prod(positions)
+        qk = apply_rotary(qk.permute(order), rotary).reshape(2, batch, self.heads, length, self.dim_head)
+        q, k = qk.unbind(0)
+        v = v.permute(order).reshape(batch, self.heads, length, self.dim_head)
         o = F.scaled_dot_product_attention(q, k, v)  # scale dim_head^-0.5, as the official q scaling
-        if axis == "time":
-            o = o.view(b, h, w, self.heads, t, self.dim_head).permute(0, 4, 1, 2, 3, 5)
-        else:
-            o = o.view(b, t, self.heads, h, w, self.dim_head).permute(0, 1, 3, 4, 2, 5)
-        return self.to_out(o.reshape(b, t, h, w, -1))
+        o = self.to_out(o.transpose(1, 2).reshape(*lead, *positions, -1))
+        return o.permute(0, 3, 1, 2, 4) if axis == "time" else o
 
 
 class GEGLU(nn.Module):
@@ -151,7 +160,7 @@ class TimeSformer(nn.Module):
     def run_blocks(self, x: Tensor, normed_first: Tensor | None = None) -> Tensor:
         _, t, h, w, _ = x.shape
         rot_time = rotary_tables(self.frame_rot_emb.angles(t), x.dtype)
-        rot_space = rotary_tables(self.image_rot_emb.angles(h, w), x.dtype)
+        rot_space = rotary_tables(self.image_rot_emb.angles(h, w).view(h, w, -1), x.dtype)
         for i, block in enumerate(self.layers):
             normed = normed_first if i == 0 else None
             if self.checkpoint and self.training and torch.is_grad_enabled():
