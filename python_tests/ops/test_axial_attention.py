@@ -75,8 +75,10 @@ def _truth(case, qkv, ek, ev, angles, dout, dtype=torch.float64):
     lines, _ = lines_and_length(qkv.shape, axis)
     flat = [t.broadcast_to(*lines, *t.shape[-2:]).reshape(math.prod(lines), *t.shape[-2:]) if t is not None
             else None for t in leaves[1:]]
-    rotary = rotary_cos_sin(angles, torch.float64 if dtype == torch.float64 else torch.float32) \
-        if angles is not None else None
+    rotary = None
+    if angles is not None:
+        tables = rotary_cos_sin(angles, torch.float64 if dtype == torch.float64 else torch.float32)
+        rotary = tuple(t.to(qkv.device) for t in tables)
     out, _ = axial_attention_reference(leaves[0], heads, axis, rotary, None, flat[0], flat[1], first)
     out.backward(dout.to(dtype))
     return [out.detach()] + [t.grad for t in leaves if t is not None]
