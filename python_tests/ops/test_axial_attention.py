@@ -23,6 +23,7 @@ CASES = [
     ((2, 1), 2, 64, "sequence", False, "shared", False),      # length 1 (+ the extra token)
     ((1, 5, 1, 2), 1, 64, "time", True, "line", True),        # every option at once
     ((1, 33), 1, 48, "sequence", True, None, False),          # 33 positions: past the packed-tile limit
+    ((1, 65), 1, 32, "sequence", True, "shared", True),       # first query over two key blocks + the token
 ]
 IDS = [f"{c[3]}-{'x'.join(map(str, c[0]))}-h{c[1]}d{c[2]}{'-rot' if c[4] else ''}"
        f"{'-extra_' + c[5] if c[5] else ''}{'-first' if c[6] else ''}" for c in CASES]
@@ -97,6 +98,16 @@ def test_fp32_matches_float64_truth(backend, case):
     for name, out, t in zip(NAMES, got, truth):
         assert out.dtype == torch.float32 and out.shape == t.shape, name
         assert_fp32_close(out, t, f"{backend} {name}")
+
+
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("extra", [None, "line", "shared"])
+@pytest.mark.parametrize("rot", [False, True])
+def test_every_option_combination(rot, extra, first):
+    case = ((1, 6, 1, 3), 2, 32, "time", rot, extra, first)
+    inputs = _inputs(case, torch.float32)
+    for name, out, t in zip(NAMES, _run("triton", case, *inputs), _truth(case, *inputs)):
+        assert_fp32_close(out, t, f"{name}")
 
 
 @pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 4, 6, 8)], ids=[IDS[i] for i in (0, 1, 4, 6, 8)])
