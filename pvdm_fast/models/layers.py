@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pvdm_fast import ops
+from pvdm_fast.ops.rotary import rotary_cos_sin
+
 
 class PreNorm(nn.Module):
     """LayerNorm then `fn` (the residual is added by the caller)."""
@@ -92,9 +95,13 @@ class GridAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim))
 
-    def forward(self, x: Tensor, axis: str, rotary: tuple[Tensor, ...]) -> Tensor:
+    def forward(self, x: Tensor, axis: str, rotary: tuple[Tensor, ...], fused: bool = False) -> Tensor:
         """`rotary` broadcasts over the attended positions as laid out here: (T, d/2, 2) for time,
-        (h, w, d/2, 2) for space. Returns (B, T, h, w, C), possibly as a permuted view."""
+        (h, w, d/2, 2) for space; with `fused`, the (L, d) tables of `ops.rotary.rotary_cos_sin` for
+        the strided attention kernel, which reads q, k, v where the projection wrote them and rotates
+        inside. Returns (B, T, h, w, C), possibly as a permuted view."""
+        if fused:
+            return self.to_out(ops.axial_attention(self.to_qkv(x), self.heads, axis, rotary=rotary))
         b, t, h, w, _ = x.shape
         qkv = self.to_qkv(x).view(b, t, h, w, 3, self.heads, self.dim_head)
         qk, v = qkv.split([2, 1], dim=4)  # split, not slicing: its backward is one cat, no zero fill
@@ -139,11 +146,11 @@ class TimeSformerBlock(nn.ModuleList):
                           PreNorm(dim, GEGLUFeedForward(dim))])
 
     def forward(self, x: Tensor, rot_time: tuple[Tensor, ...], rot_space: tuple[Tensor, ...],
-                normed: Tensor | None = None) -> Tensor:
+                normed: Tensor | None = None, fused: bool = False) -> Tensor:
         """`normed`: LayerNorm(x) with this block's first norm, when a fused op already computed it."""
         time, space, ff = self
-        x = x + time.fn(time.norm(x) if normed is None else normed, "time", rot_time)
-        x = x + space.fn(space.norm(x), "space", rot_space)
+        x = x + time.fn(time.norm(x) if normed is None else normed, "time", rot_time, fused)
+        x = x + space.fn(space.norm(x), "space", rot_space, fused)
         return x + ff.fn(ff.norm(x))
 
 
@@ -159,14 +166,20 @@ class TimeSformer(nn.Module):
 
     def run_blocks(self, x: Tensor, normed_first: Tensor | None = None) -> Tensor:
         _, t, h, w, _ = x.shape
-        rot_time = rotary_tables(self.frame_rot_emb.angles(t), x.dtype)
-        rot_space = rotary_tables(self.image_rot_emb.angles(h, w).view(h, w, -1), x.dtype)
+        fused = ops.fused("axial_attention", x)
+        if fused:  # fused kernels take (L, d) float32 tables and rotate in float32
+            rot_time = rotary_cos_sin(self.frame_rot_emb.angles(t))
+            rot_space = rotary_cos_sin(self.image_rot_emb.angles(h, w))
+        else:
+            rot_time = rotary_tables(self.frame_rot_emb.angles(t), x.dtype)
+            rot_space = rotary_tables(self.image_rot_emb.angles(h, w).view(h, w, -1), x.dtype)
         for i, block in enumerate(self.layers):
             normed = normed_first if i == 0 else None
             if self.checkpoint and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, rot_time, rot_space, normed, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rot_time, rot_space, normed, fused,
+                                                      use_reentrant=False)
             else:
-                x = block(x, rot_time, rot_space, normed)
+                x = block(x, rot_time, rot_space, normed, fused)
         return x
 
 
@@ -185,6 +198,9 @@ class SequenceAttention(nn.Module):
 
     def forward(self, x: Tensor, first_query_only: bool = False) -> Tensor:
         n, length, _ = x.shape
+        if ops.fused("axial_attention", x):
+            o = ops.axial_attention(self.to_qkv(x), self.heads, "sequence", first_query_only=first_query_only)
+            return self.to_out(o[:, None] if first_query_only else o)
         q, k, v = self.to_qkv(x).view(n, length, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
         if first_query_only:
             q = q[:, :, :1]

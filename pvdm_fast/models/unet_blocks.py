@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pvdm_fast import ops
 from pvdm_fast.ops import group_norm_silu
 
 GROUPS = 32  # the official `normalization(channels)` is GroupNorm(32, channels)
@@ -156,7 +157,11 @@ class AttentionBlock(nn.Module):
         # q, k, v needed for SDPA).
         tokens = norm_act(self.norm, x, silu=False).transpose(1, 2)
         qkv = F.linear(tokens, self.qkv.weight[:, :, 0], self.qkv.bias)
-        h = F.linear(legacy_attention(qkv, self.heads), self.proj_out.weight[:, :, 0], self.proj_out.bias)
+        if ops.fused("joint_attention", qkv):  # the kernel reads the token-major qkv in place
+            attn = ops.joint_attention(qkv.transpose(1, 2), self.heads).transpose(1, 2)
+        else:
+            attn = legacy_attention(qkv, self.heads)
+        h = F.linear(attn, self.proj_out.weight[:, :, 0], self.proj_out.bias)
         return (x + h.transpose(1, 2)).reshape(shape)
 
 

@@ -42,20 +42,34 @@ except ValueError as exc:
     _env_error = f"PVDM_BACKEND: {exc}"
 
 
+# Ops the forced backend applies to (None = every op); the others stay on auto.
+_forced_ops: frozenset | None = None
+
+
 @contextlib.contextmanager
-def use_backend(name: str):
-    """Force `name` ('auto', 'reference', 'triton' or 'cuda') for every op inside the block."""
-    global _forced
-    previous, _forced = _forced, _parse(name)
+def use_backend(name: str, ops=None):
+    """Force `name` ('auto', 'reference', 'triton' or 'cuda') inside the block, for every op or only
+    for the op names in `ops` (e.g. to test or time one kernel inside a whole model)."""
+    global _forced, _forced_ops
+    if ops is not None:
+        ops = frozenset([ops] if isinstance(ops, str) else ops)
+        unknown = sorted(ops - set(REGISTRY))
+        if unknown:
+            raise ValueError(f"use_backend: unknown op(s) {unknown}; known: {sorted(REGISTRY)}")
+    previous = (_forced, _forced_ops)
+    _forced, _forced_ops = _parse(name), ops
     try:
         yield
     finally:
-        _forced = previous
+        _forced, _forced_ops = previous
 
 
-def forced_backend() -> str | None:
+def forced_backend(op: str | None = None) -> str | None:
+    """The backend forced for `op` (None: auto)."""
     if _env_error is not None:
         raise ValueError(_env_error)
+    if op is not None and _forced_ops is not None and op not in _forced_ops:
+        return None
     return _forced
 
 
@@ -170,9 +184,15 @@ def _gpu_name(device: torch.device) -> str:
     return _device_names[index]
 
 
+def fused(op: str, x: torch.Tensor) -> bool:
+    """Whether `op` would run a fused kernel (not the PyTorch reference) on `x`. Model code uses this
+    where its own plain path (e.g. SDPA) beats the op's reference, which is written for clarity."""
+    return select(REGISTRY[op], x) != "reference"
+
+
 def select(spec: OpSpec, x: torch.Tensor) -> str:
     """The backend that runs `spec` on `x` (see module docstring)."""
-    forced = forced_backend()
+    forced = forced_backend(spec.name)
     if forced is not None:
         why = spec.reason(forced, x)
         if why is not None:

@@ -62,3 +62,16 @@ def test_preferences_from_benchmark_rows_rank_by_total_time():
     # fwd+bwd decides (cuda 6.0 total vs triton 3.0); torch.compile is not a fused backend
     assert prefs["GPU"]["group_norm_silu"]["bfloat16"] == ["triton", "cuda"]
     assert prefs["GPU"]["axis_gather"]["float16"] == ["triton"]
+
+
+def test_use_backend_can_force_a_subset_of_ops():
+    x = torch.zeros(1)
+    gn, tri = dispatch.REGISTRY["group_norm_silu"], dispatch.REGISTRY["triplane_decode"]
+    with dispatch.use_backend("reference", ops=["group_norm_silu"]):
+        assert dispatch.forced_backend("group_norm_silu") == "reference"
+        assert dispatch.forced_backend("triplane_decode") is None
+        assert dispatch.select(gn, x) == "reference" and dispatch.select(tri, x) == "reference"
+    assert dispatch.forced_backend("group_norm_silu") is None
+    with pytest.raises(ValueError, match="unknown op"):
+        with dispatch.use_backend("triton", ops=["no_such_op"]):
+            pass
