@@ -18,12 +18,12 @@ import torch
 
 # Train-section settings used when the demo preset does not set them; `quick` shortens both stages.
 DEMO_TRAIN = {
-    "train_autoencoder": {"batch_size": 8, "grad_accum": 1, "total_clips": 4800, "lr": 1e-3, "betas": [0.9, 0.99],
+    "train_autoencoder": {"batch_size": 8, "grad_accum": 1, "total_clips": 4800, "lr": 2e-3, "betas": [0.9, 0.99],
                           "lpips_weight": 0.0, "gan_start_step": -1, "log_every": 10, "checkpoint_every": 10**9,
                           "num_workers": 0, "tensorboard": False},
-    "train_diffusion": {"batch_size": 32, "grad_accum": 1, "total_clips": 32000, "lr": 1e-3, "warmup_steps": 50,
+    "train_diffusion": {"batch_size": 32, "grad_accum": 1, "total_clips": 6400, "lr": 1e-3, "warmup_steps": 50,
                         "ema_decay": 0.99, "ema_every": 1, "log_every": 10, "checkpoint_every": 10**9,
-                        "num_workers": 0, "tensorboard": False, "sample_steps": 50},
+                        "num_workers": 0, "tensorboard": False, "sample_steps": 40},
 }
 QUICK_SCALE = 0.15
 TRAIN_VIDEOS = 64
@@ -36,14 +36,17 @@ SAMPLE_CLIPS = 4
 def demo_config(quick: bool, device: str):
     from omegaconf import OmegaConf
 
-    from pvdm_fast.configs import load_config
+    from pvdm_fast.configs import PRESET_DIR, load_config
 
-    preset = load_config("demo")
+    # By path: a folder named "demo" in the working directory (the default --out) shadows the name.
+    preset = load_config(str(PRESET_DIR / "demo.yaml"))
     cfg = OmegaConf.merge(OmegaConf.create(DEMO_TRAIN), preset)
     for name in DEMO_TRAIN:
         cfg[name].device = device
         if quick:
             cfg[name].total_clips = max(cfg[name].batch_size, int(cfg[name].total_clips * QUICK_SCALE))
+    if quick:
+        cfg.train_diffusion.sample_steps = min(int(cfg.train_diffusion.sample_steps), 10)
     return cfg
 
 
@@ -54,6 +57,16 @@ def _fresh(path: pathlib.Path) -> pathlib.Path:
 
 
 def run_demo(out: str, *, device: str = "auto", quick: bool = False, progress: bool = True) -> dict:
+    from pvdm_fast.train import distributed as D
+    from pvdm_fast.train.loop import flush_denormals
+
+    if D.pick_device(device).type == "cpu":
+        with flush_denormals():  # training and sampling alike
+            return _run_demo(out, device, quick, progress)
+    return _run_demo(out, device, quick, progress)
+
+
+def _run_demo(out: str, device: str, quick: bool, progress: bool) -> dict:
     from pvdm_fast.data.dataset import open_dataset
     from pvdm_fast.data.latents import encode_to_cache, file_sha256
     from pvdm_fast.data.video_io import write_video
