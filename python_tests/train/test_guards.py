@@ -129,3 +129,23 @@ def test_ema_follows_its_interval(tmp_path, tiny_config, tiny_autoencoder):
             assert torch.allclose(ema3[k], 0.5 * trainer.initial[k] + 0.5 * v, atol=1e-6), k
             moved |= not torch.equal(v, trainer.initial[k])
     assert moved
+
+
+def test_lpips_term_from_a_user_file_or_off_with_a_warning(tmp_path, tiny_config):
+    from pvdm_fast.models.lpips import LPIPS
+
+    torch.manual_seed(0)
+    weights = tmp_path / "lpips.pth"
+    sd = LPIPS().state_dict()
+    # Real LPIPS heads are non-negative (a distance); random ones need not be.
+    torch.save({k: v.abs() if k.startswith("lin") else v for k, v in sd.items()}, weights)
+    trainer = _ae(tiny_config, tmp_path / "on", lpips_weight=4.0, lpips_weights=str(weights), total_clips=4,
+                  gan_start_step=-1)
+    trainer.run()
+    assert trainer.history[-1]["ae/lpips"] > 0
+    assert trainer.history[-1]["ae/loss"] == pytest.approx(
+        4 * trainer.history[-1]["ae/l1"] + 4 * trainer.history[-1]["ae/lpips"], rel=1e-5)
+    off = _ae(tiny_config, tmp_path / "off", lpips_weight=4.0, total_clips=4, gan_start_step=-1)
+    with pytest.warns(RuntimeWarning, match="without the LPIPS"):
+        off.run()
+    assert "ae/lpips" not in off.history[-1]
