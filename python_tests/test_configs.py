@@ -117,3 +117,9 @@ def test_non_square_autoencoder_grid(tmp_path):
         load_config(path, ["data.resolution=32", "data.frames=4"])
     with pytest.raises(ValueError, match="multiple of"):
         load_config(path, ["autoencoder.resolution=[32,44]", "unet.width=5"])
+
+
+def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path, monkeypatch):
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("demo").autoencoder.channels > 0

@@ -43,7 +43,8 @@ def section_class(name: str) -> type:
 
 def _source(name_or_path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # a folder that happens to share a preset's name (e.g. a run folder ./demo) is not a config file
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found (presets: {', '.join(list_presets())})")
         return path

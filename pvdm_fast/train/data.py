@@ -41,7 +41,11 @@ def batch_stream(dataset, local_batch: int, *, rank: int, world_size: int, seed:
     if num_workers < 0:
         num_workers = min(8, os.cpu_count() or 1)
     sampler = ResumableSampler(len(dataset), rank, world_size, seed, skip)
-    extra = {"persistent_workers": True, "prefetch_factor": 2, "worker_init_fn": _one_thread} if num_workers else {}
+    from pvdm_fast.data.loader import worker_context
+
+    # workers start from a clean forkserver: forking this (threaded) process can hang a worker
+    extra = {"persistent_workers": True, "prefetch_factor": 2, "worker_init_fn": _one_thread,
+             "multiprocessing_context": worker_context()} if num_workers else {}
     loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=num_workers,
                         pin_memory=device.type == "cuda", drop_last=True, **extra)
     return iter(loader)
