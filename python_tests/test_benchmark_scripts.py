@@ -57,3 +57,15 @@ def test_readme_table_renders_results_and_rewrites_only_its_block(tmp_path):
     table.update_readme(readme, "NEW")
     assert readme.read_text() == f"before\n{table.START}\nNEW\n{table.END}\nafter\n"
     assert "No GPU results" in table.render([])
+
+
+def test_train_step_script_with_real_batches_and_the_encoder_in_the_loop(tmp_path):
+    bench = _load("train_step")
+    out = tmp_path / "steps.json"
+    bench.main(["--model", "both", "--data", "synthetic:4", "--frames", "4", "--resolution", "16",
+                "--ae-channels", "16", "--patch-size", "4", "--latent-size", "4", "--model-channels", "32",
+                "--channel-mult", "1", "--attention-resolutions", "1", "--num-heads", "1", "--steps", "1",
+                "--warmup", "0", "--workers", "0", "--device", "cpu", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["autoencoder", "unet"]
+    assert rows[1]["source"].startswith("encoder in the loop") and all(r["clips_per_s"] > 0 for r in rows)
