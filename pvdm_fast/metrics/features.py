@@ -81,6 +81,7 @@ def gather(stats: FeatureStats) -> FeatureStats:
     if stats.keep_features and merged.count:
         feats = np.zeros((merged.count, merged.mean.shape[0]), np.float32)
         for r, (count, _, _, f) in enumerate(parts):
-            feats[r::world] = f
+            if count:  # a rank that read no video (fewer videos than ranks) sends a (0, 0) array
+                feats[r::world] = f
         merged._features = [feats]
     return merged
