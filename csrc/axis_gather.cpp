@@ -1,7 +1,5 @@
 // Launchers for the axis-gather kernels: validate every tensor (dtype, shape, contiguity) in user
 // terms, then hand a plain parameter block to kernels/. No allocation, no synchronisation.
-#include <cmath>
-#include <stdexcept>
 #include <string>
 
 #include "../kernels/axis_gather.h"
@@ -9,27 +7,23 @@
 
 namespace pvdm {
 
-static void fail(const std::string& msg) { throw std::invalid_argument("axis_gather: " + msg); }
+static constexpr const char* kWho = "axis_gather";
 
-static bool aligned16(const TensorArg& t) { return !t.present || t.ptr % 16 == 0; }
+static void fail(const std::string& msg) { fail_arg(kWho, msg); }
 
 static AxisGatherParams axis_params(const AxisGatherArgs& a, const char* op) {
   if (a.grid.size() != 3 || a.grid[0] <= 0 || a.grid[1] <= 0 || a.grid[2] <= 0)
     fail("grid must be three positive sizes (T, h, w)");
   if (a.axis < 0 || a.axis > 2) fail("axis must be 0 (xy), 1 (yt) or 2 (xt), got " + std::to_string(a.axis));
   if (a.lines_per_block <= 0) fail("lines_per_block must be positive");
-  if (!a.x.present) fail("x is required (got None)");
-  if (a.x.dtype < kFloat32 || a.x.dtype > kBFloat16)
-    fail("x must be float32, float16 or bfloat16 (dtype code " + std::to_string(a.x.dtype) + ")");
+  check_float_input(kWho, "x", a.x);
   if (a.x.shape.size() != 3 || a.x.shape[0] <= 0 || a.x.shape[2] <= 0) fail("x must be (B, T*h*w, C) with B, C > 0");
   const int64_t T = a.grid[0], H = a.grid[1], W = a.grid[2];
   AxisGatherParams p{};
   p.dtype = a.x.dtype;
   p.batch = a.x.shape[0], p.tokens = T * H * W, p.channels = a.x.shape[2];
   const int64_t B = p.batch, N = p.tokens, C = p.channels;
-  if (C > kAxisMaxChannels)
-    fail("at most " + std::to_string(kAxisMaxChannels) + " channels are supported by the CUDA kernels, got " +
-         std::to_string(C) + "; use the 'triton' backend");
+  check_max_channels(kWho, C, kAxisMaxChannels);
   const int64_t geo[3][6] = {{T, H, W, W, 1, H * W}, {H, T, W, H * W, 1, W}, {W, T, H, H * W, W, 1}};
   const int64_t* g = geo[a.axis];
   p.A = g[0], p.O1 = g[1], p.O2 = g[2], p.s1 = g[3], p.s2 = g[4], p.sj = g[5];
@@ -41,17 +35,12 @@ static AxisGatherParams axis_params(const AxisGatherArgs& a, const char* op) {
   check_tensor(op, "token", a.token, kFloat32, {C});
   check_tensor(op, "pos", a.pos, kFloat32, {p.A + 1, C});
   if (a.gamma.present) check_tensor(op, "gamma", a.gamma, kFloat32, {C});
-  p.x = reinterpret_cast<const void*>(a.x.ptr);
-  p.token = reinterpret_cast<const float*>(a.token.ptr);
-  p.pos = reinterpret_cast<const float*>(a.pos.ptr);
-  p.gamma = a.gamma.present ? reinterpret_cast<const float*>(a.gamma.ptr) : nullptr;
-  const int64_t vec = 16 / (p.dtype == kFloat32 ? 4 : 2);
-  p.vec = C % vec == 0 && aligned16(a.x);
+  p.x = tensor_ptr<const void>(a.x);
+  p.token = tensor_ptr<const float>(a.token);
+  p.pos = tensor_ptr<const float>(a.pos);
+  p.gamma = tensor_ptr<const float>(a.gamma);
+  p.vec = C % vec16_elements(p.dtype) == 0 && aligned16(a.x);
   return p;
-}
-
-static void require_absent(const TensorArg& t, const char* name) {
-  if (t.present) fail(std::string(name) + " must be None without LayerNorm weights");
 }
 
 void axis_gather_fwd(const AxisGatherArgs& a) {
@@ -59,23 +48,12 @@ void axis_gather_fwd(const AxisGatherArgs& a) {
   AxisGatherParams p = axis_params(a, op);
   const int64_t M = p.lines, S = p.A + 1, C = p.channels;
   check_tensor(op, "s", a.s, p.dtype, {M, S, C});
-  if (a.gamma.present != a.beta.present) fail("pass both gamma and beta (the LayerNorm weight and bias), or neither");
-  if (p.gamma) {
-    check_tensor(op, "beta", a.beta, kFloat32, {C});
-    check_tensor(op, "y", a.y, p.dtype, {M, S, C});
-    check_tensor(op, "mean", a.mean, kFloat32, {M, S});
-    check_tensor(op, "rstd", a.rstd, kFloat32, {M, S});
-  } else {
-    require_absent(a.y, "y");
-    require_absent(a.mean, "mean");
-    require_absent(a.rstd, "rstd");
-  }
-  if (!(a.eps >= 0.0) || !std::isfinite(a.eps)) fail("eps must be finite and non-negative");
-  p.beta = p.gamma ? reinterpret_cast<const float*>(a.beta.ptr) : nullptr;
-  p.s = reinterpret_cast<void*>(a.s.ptr);
-  p.y = p.gamma ? reinterpret_cast<void*>(a.y.ptr) : nullptr;
-  p.mean = p.gamma ? reinterpret_cast<float*>(a.mean.ptr) : nullptr;
-  p.rstd = p.gamma ? reinterpret_cast<float*>(a.rstd.ptr) : nullptr;
+  check_layernorm_fwd(kWho, op, {a.gamma, a.beta, a.y, a.mean, a.rstd}, p.dtype, {M, S}, C, a.eps);
+  p.beta = tensor_ptr<const float>(a.beta);
+  p.s = tensor_ptr<void>(a.s);
+  p.y = tensor_ptr<void>(a.y);
+  p.mean = tensor_ptr<float>(a.mean);
+  p.rstd = tensor_ptr<float>(a.rstd);
   p.eps = static_cast<float>(a.eps);
   p.vec = p.vec && aligned16(a.s) && aligned16(a.y);
   require_cuda_device(op);
@@ -99,20 +77,20 @@ void axis_gather_bwd(const AxisGatherArgs& a) {
     check_tensor(op, "part_gamma", a.part_gamma, kFloat32, {blocks, S, C});
     check_tensor(op, "part_beta", a.part_beta, kFloat32, {blocks, S, C});
   } else {
-    require_absent(a.dy, "dy");
-    require_absent(a.mean, "mean");
-    require_absent(a.rstd, "rstd");
-    require_absent(a.part_gamma, "part_gamma");
-    require_absent(a.part_beta, "part_beta");
+    require_absent(kWho, a.dy, "dy", kWithoutLayerNorm);
+    require_absent(kWho, a.mean, "mean", kWithoutLayerNorm);
+    require_absent(kWho, a.rstd, "rstd", kWithoutLayerNorm);
+    require_absent(kWho, a.part_gamma, "part_gamma", kWithoutLayerNorm);
+    require_absent(kWho, a.part_beta, "part_beta", kWithoutLayerNorm);
   }
-  p.ds = reinterpret_cast<const void*>(a.ds.ptr);
-  p.dy = p.gamma ? reinterpret_cast<const void*>(a.dy.ptr) : nullptr;
-  p.dx = reinterpret_cast<void*>(a.dx.ptr);
-  p.mean = p.gamma ? reinterpret_cast<float*>(a.mean.ptr) : nullptr;
-  p.rstd = p.gamma ? reinterpret_cast<float*>(a.rstd.ptr) : nullptr;
-  p.part_pos = reinterpret_cast<float*>(a.part_pos.ptr);
-  p.part_gamma = p.gamma ? reinterpret_cast<float*>(a.part_gamma.ptr) : nullptr;
-  p.part_beta = p.gamma ? reinterpret_cast<float*>(a.part_beta.ptr) : nullptr;
+  p.ds = tensor_ptr<const void>(a.ds);
+  p.dy = tensor_ptr<const void>(a.dy);
+  p.dx = tensor_ptr<void>(a.dx);
+  p.mean = tensor_ptr<float>(a.mean);
+  p.rstd = tensor_ptr<float>(a.rstd);
+  p.part_pos = tensor_ptr<float>(a.part_pos);
+  p.part_gamma = tensor_ptr<float>(a.part_gamma);
+  p.part_beta = tensor_ptr<float>(a.part_beta);
   p.vec = p.vec && aligned16(a.ds) && aligned16(a.dy) && aligned16(a.dx);
   require_cuda_device(op);
 #ifdef PVDM_WITH_CUDA

@@ -49,9 +49,46 @@ struct TensorArg {
   bool present = false;  // false: the optional argument was None
 };
 
-// Throws std::invalid_argument ("<op>: <name> ...") unless `t` is present, has dtype `dtype`, shape
-// `shape` and contiguous strides. Defined in csrc/triplane_decode.cpp.
+// The checks below are defined in csrc/tensor_args.cpp. `who` names the op ("triplane_decode") in the
+// messages about the call as a whole, `op` the op and direction ("triplane_decode forward") in the
+// messages about one tensor. All throw std::invalid_argument (a ValueError in Python).
+
+std::string shape_str(const std::vector<int64_t>& v);  // "(2, 3)", "(4,)"
+[[noreturn]] void fail_arg(const char* who, const std::string& msg);  // "<who>: <msg>"
+
+// Unless `t` is present, has dtype `dtype`, shape `shape` and contiguous strides: "<op>: <name> ...".
 void check_tensor(const char* op, const char* name, const TensorArg& t, int dtype, const std::vector<int64_t>& shape);
+
+// The tensor that sets an op's element type: present, and float32, float16 or bfloat16.
+void check_float_input(const char* who, const char* name, const TensorArg& t);
+
+// The warp-per-row kernels hold a row in registers: at most `max_channels` channels.
+void check_max_channels(const char* who, int64_t channels, int64_t max_channels);
+
+constexpr const char* kWithoutLayerNorm = "without LayerNorm weights";
+void require_absent(const char* who, const TensorArg& t, const char* name, const char* why);
+
+// The fused LayerNorm's forward tensors: gamma and beta both or neither; with them, beta (C,) float32,
+// y (rows..., C) in `dtype`, mean and rstd (rows...) float32; without them, y, mean and rstd must be
+// None. eps must be finite and non-negative. gamma's own shape is the caller's to check.
+struct LayerNormFwdArgs {
+  const TensorArg& gamma;
+  const TensorArg& beta;
+  const TensorArg& y;
+  const TensorArg& mean;
+  const TensorArg& rstd;
+};
+void check_layernorm_fwd(const char* who, const char* op, const LayerNormFwdArgs& ln, int dtype,
+                         const std::vector<int64_t>& rows, int64_t channels, double eps);
+
+// Absent tensors count as aligned: they are never read.
+inline bool aligned16(const TensorArg& t) { return !t.present || t.ptr % 16 == 0; }
+
+// The tensor's pointer, or null when it was None.
+template <typename T>
+T* tensor_ptr(const TensorArg& t) {
+  return t.present ? reinterpret_cast<T*>(t.ptr) : nullptr;
+}
 
 struct TriplaneArgs {
   TensorArg p_xy, p_yt, p_xt, gamma, beta, v, y, mean, rstd;              // forward

@@ -1,10 +1,15 @@
-// Device helpers for the axis-gather kernels: which grid token a sequence row reads.
+// Device helpers for the axis-gather kernels: the launch grid and which grid token a sequence row reads.
 #pragma once
 #include "axis_gather.h"
-#include "reduce.cuh"
-#include "triplane_decode_vec.cuh"
+#include "row_layernorm.cuh"
 
 namespace pvdm {
+
+// Both kernels run blocks of (lines_per_block lines, one position j): (line chunks, A + 1).
+inline dim3 axis_grid(const AxisGatherParams& p) {
+  return dim3(static_cast<unsigned>((p.lines + p.lines_per_block - 1) / p.lines_per_block),
+              static_cast<unsigned>(p.A + 1));
+}
 
 // Grid token of line m at position j (only meaningful for j < A).
 __device__ __forceinline__ int64_t axis_token(const AxisGatherParams& p, int64_t m, int64_t j) {

@@ -8,7 +8,7 @@ namespace pvdm {
 
 template <typename T, int VEC, bool NORM>
 __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const AxisGatherParams p) {
-  constexpr int MAXV = static_cast<int>(kAxisMaxChannels / 32) / VEC;
+  constexpr int MAXV = warp_row_slices<VEC>(kAxisMaxChannels);
   extern __shared__ float smem[];  // (3, C): sums of g, dy*xhat, dy over the block's lines
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t C = p.channels, j = blockIdx.y;
@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const 
     float g[MAXV][VEC];
 #pragma unroll
     for (int i = 0; i < MAXV; ++i) {
-      const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
+      const int64_t c = warp_row_channel<VEC>(lane, i);
       if (c < C) load_vec<T, VEC>(ds + c, g[i]);
     }
     if constexpr (NORM) {
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const 
       float a1 = 0.f, a2 = 0.f;
 #pragma unroll
       for (int i = 0; i < MAXV; ++i) {
-        const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
+        const int64_t c = warp_row_channel<VEC>(lane, i);
         if (c < C) {
           axis_row<T, VEC>(p, src, j, c, xhat[i]);
           load_vec<T, VEC>(dyp + c, dy[i]);
@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const 
       a2 = warp_sum(a2) / static_cast<float>(C);
 #pragma unroll
       for (int i = 0; i < MAXV; ++i) {
-        const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
+        const int64_t c = warp_row_channel<VEC>(lane, i);
         if (c < C) {
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const 
     T* dx = tok >= 0 ? static_cast<T*>(p.dx) + tok * C : nullptr;
 #pragma unroll
     for (int i = 0; i < MAXV; ++i) {
-      const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
+      const int64_t c = warp_row_channel<VEC>(lane, i);
       if (c < C) {
         if (dx) store_vec<T, VEC>(dx + c, g[i]);
 #pragma unroll
@@ -89,21 +89,16 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const 
 
 template <typename T, int VEC>
 static int launch(const AxisGatherParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.lines + p.lines_per_block - 1) / p.lines_per_block),
-                  static_cast<unsigned>(p.A + 1));
   const size_t smem = static_cast<size_t>((p.gamma ? 3 : 1) * p.channels) * sizeof(float);
   if (p.gamma)
-    axis_gather_bwd_kernel<T, VEC, true><<<grid, kAxisWarps * 32, smem, stream>>>(p);
+    axis_gather_bwd_kernel<T, VEC, true><<<axis_grid(p), kAxisWarps * 32, smem, stream>>>(p);
   else
-    axis_gather_bwd_kernel<T, VEC, false><<<grid, kAxisWarps * 32, smem, stream>>>(p);
+    axis_gather_bwd_kernel<T, VEC, false><<<axis_grid(p), kAxisWarps * 32, smem, stream>>>(p);
   return static_cast<int>(cudaGetLastError());
 }
 
 int axis_gather_bwd_launch(const AxisGatherParams& p, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-#define PVDM_AXIS_BWD(T, V) launch<T, V>(p, s)
-  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, PVDM_AXIS_BWD)
-#undef PVDM_AXIS_BWD
+  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, launch, p, static_cast<cudaStream_t>(stream))
 }
 
 }  // namespace pvdm

@@ -1,10 +1,19 @@
 // Device helpers for the triplane decode kernels.
 #pragma once
-#include "reduce.cuh"
+#include "row_layernorm.cuh"
 #include "triplane_decode.h"
-#include "triplane_decode_vec.cuh"
 
 namespace pvdm {
+
+// Tokens B*T*h*w of the volume.
+__host__ __device__ __forceinline__ int64_t tri_tokens(const TriplaneParams& p) {
+  return p.batch * p.frames * p.height * p.width;
+}
+
+// Blocks of the row kernels, which run one warp per token.
+inline unsigned tri_row_blocks(const TriplaneParams& p) {
+  return static_cast<unsigned>((tri_tokens(p) + kTriWarps - 1) / kTriWarps);
+}
 
 // Element offsets of the three plane rows that token n = ((b*T + t)*h + y)*w + x reads.
 struct TriRows {

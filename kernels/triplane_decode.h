@@ -42,7 +42,7 @@ struct TriplaneParams {
 
 // Bytes of dynamic shared memory the axis-sum kernel needs (the launcher validates it).
 inline int64_t triplane_sum_smem_bytes(const TriplaneParams& p) {
-  const int64_t vec = p.vec ? 16 / (p.dtype == kFloat32 ? 4 : 2) : 1;
+  const int64_t vec = p.vec ? vec16_elements(p.dtype) : 1;
   return p.frames * (p.width + p.height) * vec * 4;
 }
 

@@ -9,7 +9,7 @@ template <typename T, int VEC>
 __global__ void __launch_bounds__(kTriWarps * 32) triplane_ln_means_kernel(const TriplaneParams p) {
   const int lane = threadIdx.x & 31;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kTriWarps + (threadIdx.x >> 5);
-  if (n >= p.batch * p.frames * p.height * p.width) return;
+  if (n >= tri_tokens(p)) return;
   const int64_t C = p.channels;
   const TriRows r = tri_rows(p, n);
   const T* dy = static_cast<const T*>(p.dy) + n * C;
@@ -36,17 +36,12 @@ __global__ void __launch_bounds__(kTriWarps * 32) triplane_ln_means_kernel(const
 
 template <typename T, int VEC>
 static int launch(const TriplaneParams& p, cudaStream_t stream) {
-  const int64_t tokens = p.batch * p.frames * p.height * p.width;
-  const unsigned blocks = static_cast<unsigned>((tokens + kTriWarps - 1) / kTriWarps);
-  triplane_ln_means_kernel<T, VEC><<<blocks, kTriWarps * 32, 0, stream>>>(p);
+  triplane_ln_means_kernel<T, VEC><<<tri_row_blocks(p), kTriWarps * 32, 0, stream>>>(p);
   return static_cast<int>(cudaGetLastError());
 }
 
 int triplane_ln_means_launch(const TriplaneParams& p, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-#define PVDM_TRI_ROWS(T, V) launch<T, V>(p, s)
-  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, PVDM_TRI_ROWS)
-#undef PVDM_TRI_ROWS
+  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, launch, p, static_cast<cudaStream_t>(stream))
 }
 
 }  // namespace pvdm

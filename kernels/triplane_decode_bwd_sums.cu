@@ -136,10 +136,7 @@ static int launch(const TriplaneParams& p, cudaStream_t stream) {
 }
 
 int triplane_bwd_launch(const TriplaneParams& p, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-#define PVDM_TRI_SUMS(T, V) launch<T, V>(p, s)
-  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, PVDM_TRI_SUMS)
-#undef PVDM_TRI_SUMS
+  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, launch, p, static_cast<cudaStream_t>(stream))
 }
 
 }  // namespace pvdm

@@ -6,70 +6,30 @@ namespace pvdm {
 
 template <typename T, int VEC, bool NORM>
 __global__ void __launch_bounds__(kTriWarps * 32) triplane_fwd_kernel(const TriplaneParams p) {
-  constexpr int MAXV = static_cast<int>(kTriMaxChannels / 32) / VEC;
-  const int lane = threadIdx.x & 31;
+  constexpr int MAXV = warp_row_slices<VEC>(kTriMaxChannels);
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kTriWarps + (threadIdx.x >> 5);
-  if (n >= p.batch * p.frames * p.height * p.width) return;  // the whole warp leaves together
+  if (n >= tri_tokens(p)) return;  // the whole warp leaves together
   const int64_t C = p.channels;
   const TriRows r = tri_rows(p, n);
-  T* out_v = static_cast<T*>(p.v) + n * C;
+  const auto load = [&](int64_t c, float (&v)[VEC]) { tri_volume<T, VEC>(p, r, c, v); };
   float v[MAXV][VEC];
-  float sum = 0.f;
-#pragma unroll
-  for (int i = 0; i < MAXV; ++i) {
-    const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
-    if (c < C) {
-      tri_volume<T, VEC>(p, r, c, v[i]);
-      store_vec<T, VEC>(out_v + c, v[i]);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) sum += v[i][k];
-    }
-  }
-  if constexpr (NORM) {
-    const float mean = warp_sum(sum) / static_cast<float>(C);
-    float sq = 0.f;
-#pragma unroll
-    for (int i = 0; i < MAXV; ++i) {
-      if (static_cast<int64_t>(lane + 32 * i) * VEC < C) {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) sq += (v[i][k] - mean) * (v[i][k] - mean);
-      }
-    }
-    const float rstd = 1.f / sqrtf(warp_sum(sq) / static_cast<float>(C) + p.eps);
-    T* out_y = static_cast<T*>(p.y) + n * C;
-#pragma unroll
-    for (int i = 0; i < MAXV; ++i) {
-      const int64_t c = static_cast<int64_t>(lane + 32 * i) * VEC;
-      if (c < C) {
-        float o[VEC];
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) o[k] = (v[i][k] - mean) * rstd * p.gamma[c + k] + p.beta[c + k];
-        store_vec<T, VEC>(out_y + c, o);
-      }
-    }
-    if (lane == 0) {
-      p.mean[n] = mean;
-      p.rstd[n] = rstd;
-    }
-  }
+  const float sum = warp_row_fill<T, MAXV, VEC>(C, static_cast<T*>(p.v) + n * C, v, load);
+  if constexpr (NORM)
+    warp_row_layernorm<T, MAXV, VEC>(v, sum, C, p.eps, p.gamma, p.beta, static_cast<T*>(p.y) + n * C, p.mean + n,
+                                     p.rstd + n);
 }
 
 template <typename T, int VEC>
 static int launch(const TriplaneParams& p, cudaStream_t stream) {
-  const int64_t tokens = p.batch * p.frames * p.height * p.width;
-  const unsigned blocks = static_cast<unsigned>((tokens + kTriWarps - 1) / kTriWarps);
   if (p.gamma)
-    triplane_fwd_kernel<T, VEC, true><<<blocks, kTriWarps * 32, 0, stream>>>(p);
+    triplane_fwd_kernel<T, VEC, true><<<tri_row_blocks(p), kTriWarps * 32, 0, stream>>>(p);
   else
-    triplane_fwd_kernel<T, VEC, false><<<blocks, kTriWarps * 32, 0, stream>>>(p);
+    triplane_fwd_kernel<T, VEC, false><<<tri_row_blocks(p), kTriWarps * 32, 0, stream>>>(p);
   return static_cast<int>(cudaGetLastError());
 }
 
 int triplane_fwd_launch(const TriplaneParams& p, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-#define PVDM_TRI_FWD(T, V) launch<T, V>(p, s)
-  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, PVDM_TRI_FWD)
-#undef PVDM_TRI_FWD
+  PVDM_DISPATCH_DTYPE_VEC(p.dtype, p.vec, launch, p, static_cast<cudaStream_t>(stream))
 }
 
 }  // namespace pvdm

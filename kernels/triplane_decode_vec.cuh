@@ -1,5 +1,6 @@
 // 16-byte vector loads/stores of VEC elements into float registers, with a VEC == 1 scalar path for
-// rows whose channel count or base address does not allow 16-byte access. Used by the triplane kernels.
+// rows whose channel count or base address does not allow 16-byte access. Used by the triplane and
+// axis-gather kernels.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -52,13 +53,14 @@ __device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
   }
 }
 
-// Launch one kernel template over the three element types, vectorised or scalar.
-#define PVDM_DISPATCH_DTYPE_VEC(dtype, vec, LAUNCH)                                        \
-  switch (dtype) {                                                                         \
-    case kFloat32: return (vec) ? LAUNCH(float, 4) : LAUNCH(float, 1);                     \
-    case kFloat16: return (vec) ? LAUNCH(__half, 8) : LAUNCH(__half, 1);                   \
-    case kBFloat16: return (vec) ? LAUNCH(__nv_bfloat16, 8) : LAUNCH(__nv_bfloat16, 1);    \
-    default: return static_cast<int>(cudaErrorInvalidValue);                               \
+// Returns FN<T, VEC>(...) for the element type `dtype`: VEC elements per 16-byte access when `vec`,
+// else the scalar path (VEC 1). Both paths are instantiated for every type.
+#define PVDM_DISPATCH_DTYPE_VEC(dtype, vec, FN, ...)                                                    \
+  switch (dtype) {                                                                                      \
+    case kFloat32: return (vec) ? FN<float, 4>(__VA_ARGS__) : FN<float, 1>(__VA_ARGS__);                \
+    case kFloat16: return (vec) ? FN<__half, 8>(__VA_ARGS__) : FN<__half, 1>(__VA_ARGS__);              \
+    case kBFloat16: return (vec) ? FN<__nv_bfloat16, 8>(__VA_ARGS__) : FN<__nv_bfloat16, 1>(__VA_ARGS__); \
+    default: return static_cast<int>(cudaErrorInvalidValue);                                            \
   }
 
 }  // namespace pvdm
