@@ -20,7 +20,7 @@ static py::dict build_info_dict() {
   return d;
 }
 
-// None, or (pointer, dtype code, shape, strides) as pvdm_fast.ops.triplane_decode.tensor_arg builds it.
+// None, or (pointer, dtype code, shape, strides) as pvdm_fast.ops._launch.tensor_arg builds it.
 static pvdm::TensorArg tensor_arg(const py::object& o) {
   pvdm::TensorArg t;
   if (o.is_none()) return t;

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pvdm_fast.ops import _ext, dispatch
-from pvdm_fast.ops.triplane_decode import tensor_arg
+from pvdm_fast.ops import _ext, _launch, dispatch
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
 SPEC = dispatch.register(dispatch.OpSpec(
@@ -122,20 +121,12 @@ def _cuda_forward(x, token, pos, norm_weight, norm_bias, grid, axis, eps):
     a, o1, o2 = axis_geometry(grid, axis)[:3]
     m, c = x.shape[0] * o1 * o2, x.shape[-1]
     tok, p = token.float().contiguous(), pos.float().contiguous()
-    fused = norm_weight is not None
-    g = norm_weight.float().contiguous() if fused else None
-    bt = norm_bias.float().contiguous() if fused else None
+    g, bt = _launch.layernorm_weights(norm_weight, norm_bias)
     s = x.new_empty((m, a + 1, c))
-    y = torch.empty_like(s) if fused else None
-    mean = s.new_empty((m, a + 1), dtype=torch.float32) if fused else None
-    rstd = torch.empty_like(mean) if fused else None
-    with torch.cuda.device(x.device):
-        _ext._C.axis_gather_fwd(tensor_arg(x), tensor_arg(tok), tensor_arg(p), tensor_arg(g), tensor_arg(bt),
-                                tensor_arg(s), tensor_arg(y), tensor_arg(mean), tensor_arg(rstd), list(grid), axis,
-                                _blocks(m), float(eps), _ext.stream_handle(x.device))
-    if not fused:
-        return s, s.new_empty(0), s.new_empty(0, dtype=torch.float32), s.new_empty(0, dtype=torch.float32)
-    return s, y, mean, rstd
+    y, mean, rstd = _launch.layernorm_outputs(s, (m, a + 1), g is not None)
+    _launch.run_cuda(_ext._C.axis_gather_fwd, x.device, (x, tok, p, g, bt, s, y, mean, rstd), list(grid), axis,
+                     _blocks(m), float(eps))
+    return _launch.unfused_outputs(s) if g is None else (s, y, mean, rstd)
 
 
 def _cuda_backward(ds, dy, x, token, pos, norm_weight, mean, rstd, grid, axis):
@@ -151,12 +142,10 @@ def _cuda_backward(ds, dy, x, token, pos, norm_weight, mean, rstd, grid, axis):
     nb = -(-m // lines)
     dx = torch.empty_like(x)
     parts = torch.empty((3 if fused else 1, nb, a + 1, c), device=x.device, dtype=torch.float32)
-    with torch.cuda.device(x.device):
-        _ext._C.axis_gather_bwd(tensor_arg(ds), tensor_arg(dy), tensor_arg(x), tensor_arg(tok), tensor_arg(p),
-                                tensor_arg(g), tensor_arg(mean if fused else None),
-                                tensor_arg(rstd if fused else None), tensor_arg(dx), tensor_arg(parts[0]),
-                                tensor_arg(parts[1] if fused else None), tensor_arg(parts[2] if fused else None),
-                                list(grid), axis, lines, _ext.stream_handle(x.device))
+    ln_rows = (mean, rstd) if fused else (None, None)
+    ln_parts = (parts[1], parts[2]) if fused else (None, None)
+    _launch.run_cuda(_ext._C.axis_gather_bwd, x.device, (ds, dy, x, tok, p, g, *ln_rows, dx, parts[0], *ln_parts),
+                     list(grid), axis, lines)
     dpos = parts[0].sum(0)
     if not fused:
         zero = torch.zeros(c, device=x.device, dtype=torch.float32)
@@ -164,16 +153,7 @@ def _cuda_backward(ds, dy, x, token, pos, norm_weight, mean, rstd, grid, axis):
     return dx, dpos[-1].clone(), dpos, parts[1].sum((0, 1)), parts[2].sum((0, 1))
 
 
-def _triton_forward(*args):
-    from pvdm_fast.ops.triton.axis_gather import forward
-    return forward(*args)
-
-
-def _triton_backward(*args):
-    from pvdm_fast.ops.triton.axis_gather import backward
-    return backward(*args)
-
-
+_triton_forward, _triton_backward = _launch.triton_backend("axis_gather")
 _FORWARD = {"reference": axis_gather_reference, "triton": _triton_forward, "cuda": _cuda_forward}
 _BACKWARD = {"reference": axis_gather_backward_reference, "triton": _triton_backward, "cuda": _cuda_backward}
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pvdm_fast.ops import _ext, dispatch
+from pvdm_fast.ops import _ext, _launch, dispatch
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
 SPEC = dispatch.register(dispatch.OpSpec(
@@ -32,17 +32,6 @@ MAX_CHANNELS_CUDA = 1024  # kernels/triplane_decode.h: kTriMaxChannels
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def tensor_arg(t: Optional[Tensor]):
-    """What the `_C` launchers take for a tensor: (pointer, dtype code, shape, strides), or None.
-
-    Shapes and strides travel with the pointer so the launchers can reject a wrong shape or a
-    non-contiguous tensor with a ValueError instead of reading out of bounds.
-    """
-    if t is None:
-        return None
-    return (t.data_ptr(), _ext.DTYPE_CODES.get(t.dtype, -1), list(t.shape), list(t.stride()))
 
 
 def _volume(p_xy: Tensor, p_yt: Tensor, p_xt: Tensor, cdt: torch.dtype) -> Tensor:
@@ -88,29 +77,15 @@ def triplane_sum_backward_reference(dv: Tensor, dy: Optional[Tensor], p_xy: Tens
 
 # ---- backends: forward(p_xy, p_yt, p_xt, gamma, beta, eps) -> (V, Y, mean, rstd)
 
-def _ln_params(norm_weight: Optional[Tensor], norm_bias: Optional[Tensor]):
-    if norm_weight is None:
-        return None, None
-    return norm_weight.float().contiguous(), norm_bias.float().contiguous()
-
-
 def _cuda_forward(p_xy, p_yt, p_xt, norm_weight, norm_bias, eps):
     p_xy, p_yt, p_xt = p_xy.contiguous(), p_yt.contiguous(), p_xt.contiguous()
     b, h, w, c = p_xy.shape
     t = p_yt.shape[1]
-    g, bt = _ln_params(norm_weight, norm_bias)
+    g, bt = _launch.layernorm_weights(norm_weight, norm_bias)
     v = p_xy.new_empty((b, t * h * w, c))
-    fused = g is not None
-    y = torch.empty_like(v) if fused else None
-    mean = v.new_empty((b, t * h * w), dtype=torch.float32) if fused else None
-    rstd = torch.empty_like(mean) if fused else None
-    with torch.cuda.device(v.device):
-        _ext._C.triplane_decode_fwd(tensor_arg(p_xy), tensor_arg(p_yt), tensor_arg(p_xt), tensor_arg(g),
-                                    tensor_arg(bt), tensor_arg(v), tensor_arg(y), tensor_arg(mean),
-                                    tensor_arg(rstd), float(eps), _ext.stream_handle(v.device))
-    if not fused:
-        return v, v.new_empty(0), v.new_empty(0, dtype=torch.float32), v.new_empty(0, dtype=torch.float32)
-    return v, y, mean, rstd
+    y, mean, rstd = _launch.layernorm_outputs(v, (b, t * h * w), g is not None)
+    _launch.run_cuda(_ext._C.triplane_decode_fwd, v.device, (p_xy, p_yt, p_xt, g, bt, v, y, mean, rstd), float(eps))
+    return _launch.unfused_outputs(v) if g is None else (v, y, mean, rstd)
 
 
 def _cuda_backward(dv, dy, p_xy, p_yt, p_xt, norm_weight, mean, rstd):
@@ -126,29 +101,17 @@ def _cuda_backward(dv, dy, p_xy, p_yt, p_xt, norm_weight, mean, rstd):
                         torch.empty((b, t, h, c), **f32))
     scalars = torch.empty((2, b, t * h * w), **f32) if fused else None
     parts = torch.empty((2, b, c), **f32) if fused else None
-    with torch.cuda.device(dv.device):
-        _ext._C.triplane_decode_bwd(
-            tensor_arg(dv), tensor_arg(dy), tensor_arg(p_xy), tensor_arg(p_yt), tensor_arg(p_xt), tensor_arg(g),
-            tensor_arg(mean if fused else None), tensor_arg(rstd if fused else None),
-            tensor_arg(scalars[0] if fused else None), tensor_arg(scalars[1] if fused else None),
-            tensor_arg(d_xy), tensor_arg(d_yt), tensor_arg(d_xt), tensor_arg(parts[0] if fused else None),
-            tensor_arg(parts[1] if fused else None), _ext.stream_handle(dv.device))
+    ln_rows = (mean, rstd, scalars[0], scalars[1]) if fused else (None,) * 4
+    ln_parts = (parts[0], parts[1]) if fused else (None, None)
+    _launch.run_cuda(_ext._C.triplane_decode_bwd, dv.device,
+                     (dv, dy, p_xy, p_yt, p_xt, g, *ln_rows, d_xy, d_yt, d_xt, *ln_parts))
     if not fused:
         zero = torch.zeros(c, **f32)
         return d_xy, d_yt, d_xt, zero, zero
     return d_xy, d_yt, d_xt, parts[0].sum(0), parts[1].sum(0)
 
 
-def _triton_forward(*args):
-    from pvdm_fast.ops.triton.triplane_decode import forward
-    return forward(*args)
-
-
-def _triton_backward(*args):
-    from pvdm_fast.ops.triton.triplane_decode import backward
-    return backward(*args)
-
-
+_triton_forward, _triton_backward = _launch.triton_backend("triplane_decode")
 _FORWARD = {"reference": triplane_sum_reference, "triton": _triton_forward, "cuda": _cuda_forward}
 _BACKWARD = {"reference": triplane_sum_backward_reference, "triton": _triton_backward, "cuda": _cuda_backward}
 

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pvdm_fast.ops import _launch
+
 
 @triton.jit
 def _rows(X, Tok, Pos, m_idx, cols, m, j, A, N, O1, O2, s1, s2, sj, C):
@@ -84,18 +86,6 @@ def _bwd_kernel(DS, DY, X, Tok, Pos, G, Mean, Rstd, DX, PartPos, PartG, PartB, M
     tl.store(PartPos + part, tl.sum(g, axis=0), mask=cm)
 
 
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _device(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else _nullctx()
-
-
 def _geometry(x, grid, axis):
     from pvdm_fast.ops.axis_gather import axis_geometry
 
@@ -116,21 +106,16 @@ def forward(x, token, pos, norm_weight, norm_bias, grid, axis, eps):
     tok, p = token.float().contiguous(), pos.float().contiguous()
     s = x.new_empty((m, a + 1, c))
     fused = norm_weight is not None
-    if fused:
-        g, bt = norm_weight.float().contiguous(), norm_bias.float().contiguous()
-        y = torch.empty_like(s)
-        mean = s.new_empty((m, a + 1), dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-    else:
+    g, bt = _launch.layernorm_weights(norm_weight, norm_bias)
+    y, mean, rstd = _launch.layernorm_outputs(s, (m, a + 1), fused)
+    if not fused:  # the kernel takes every pointer; HAS_NORM=False never touches these
         g = bt = mean = rstd = tok
         y = s
     block_m, block_c = _block(c, m)
-    with _device(x):
+    with _launch.device_guard(x):
         _fwd_kernel[(triton.cdiv(m, block_m), a + 1)](x, tok, p, g, bt, s, y, mean, rstd, m, a, n, o1, o2, s1, s2, sj,
                                                       c, eps, HAS_NORM=fused, BLOCK_M=block_m, BLOCK_C=block_c)
-    if not fused:
-        return s, s.new_empty(0), s.new_empty(0, dtype=torch.float32), s.new_empty(0, dtype=torch.float32)
-    return s, y, mean, rstd
+    return _launch.unfused_outputs(s) if not fused else (s, y, mean, rstd)
 
 
 def backward(ds, dy, x, token, pos, norm_weight, mean, rstd, grid, axis):
@@ -151,7 +136,7 @@ def backward(ds, dy, x, token, pos, norm_weight, mean, rstd, grid, axis):
     else:
         dy, g, mean, rstd, part_g, part_b = ds, tok, tok, tok, parts[0], parts[0]
     dx = torch.empty_like(x)
-    with _device(x):
+    with _launch.device_guard(x):
         _bwd_kernel[(nb, a + 1)](ds, dy, x, tok, p, g, mean, rstd, dx, parts[0], part_g, part_b, m, a, n, o1, o2,
                                  s1, s2, sj, c, HAS_NORM=fused, BLOCK_M=block_m, BLOCK_C=block_c)
     dpos = parts[0].sum(0)

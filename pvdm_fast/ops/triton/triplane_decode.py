@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pvdm_fast.ops import _launch
+
 
 @triton.jit
 def _token_offsets(n, T, H, W, C):
@@ -125,18 +127,6 @@ def _sums_kernel(DV, DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, DXY, DYT, DXT, DG
         tl.store(DB + b * C + cols, tl.sum(db, axis=0), mask=cm)
 
 
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _device(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else _nullctx()
-
-
 def _row_block(c: int) -> tuple[int, int]:
     block_c = triton.next_power_of_2(c)
     return max(1, min(64, 4096 // block_c)), block_c
@@ -149,21 +139,16 @@ def forward(p_xy, p_yt, p_xt, norm_weight, norm_bias, eps):
     nt = b * t * h * w
     v = p_xy.new_empty((b, t * h * w, c))
     fused = norm_weight is not None
-    if fused:
-        g, bt = norm_weight.float().contiguous(), norm_bias.float().contiguous()
-        y = torch.empty_like(v)
-        mean = v.new_empty((b, t * h * w), dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-    else:
+    g, bt = _launch.layernorm_weights(norm_weight, norm_bias)
+    y, mean, rstd = _launch.layernorm_outputs(v, (b, t * h * w), fused)
+    if not fused:  # the kernel takes every pointer; HAS_NORM=False never touches these
         g = bt = mean = rstd = v.new_empty(1, dtype=torch.float32)
         y = v
     block_n, block_c = _row_block(c)
-    with _device(v):
+    with _launch.device_guard(v):
         _fwd_kernel[(triton.cdiv(nt, block_n),)](p_xy, p_yt, p_xt, g, bt, v, y, mean, rstd, nt, t, h, w, c, eps,
                                                   HAS_NORM=fused, BLOCK_N=block_n, BLOCK_C=block_c)
-    if not fused:
-        return v, v.new_empty(0), v.new_empty(0, dtype=torch.float32), v.new_empty(0, dtype=torch.float32)
-    return v, y, mean, rstd
+    return _launch.unfused_outputs(v) if not fused else (v, y, mean, rstd)
 
 
 def backward(dv, dy, p_xy, p_yt, p_xt, norm_weight, mean, rstd):
@@ -183,7 +168,7 @@ def backward(dv, dy, p_xy, p_yt, p_xt, norm_weight, mean, rstd):
         a = torch.empty((2, nt), **f32)
         parts = torch.empty((2, b, c), **f32)
         block_n, block_c = _row_block(c)
-        with _device(dv):
+        with _launch.device_guard(dv):
             _ln_means_kernel[(triton.cdiv(nt, block_n),)](dy, p_xy, p_yt, p_xt, g, mean, rstd, a[0], a[1], nt, t, h,
                                                           w, c, BLOCK_N=block_n, BLOCK_C=block_c)
         a1, a2, dg, db = a[0], a[1], parts[0], parts[1]
@@ -193,7 +178,7 @@ def backward(dv, dy, p_xy, p_yt, p_xt, norm_weight, mean, rstd):
     # 16-byte rows per token: as narrow as a vector load, so enough programs run at the base shapes.
     block_cc = min(triton.next_power_of_2(c), max(4, 16 // dv.element_size()))
     grid = (b * triton.cdiv(c, block_cc),)
-    with _device(dv):
+    with _launch.device_guard(dv):
         _sums_kernel[grid](dv, dy, p_xy, p_yt, p_xt, g, mean, rstd, a1, a2, d_xy, d_yt, d_xt, dg, db, t, h, w, c,
                            HAS_NORM=fused, BLOCK_X=triton.next_power_of_2(w), BLOCK_CC=block_cc)
     if not fused:
