@@ -6,7 +6,11 @@ import torch
 
 from pvdm_fast.ops import _ext, axis_gather, axis_gather_unfused, use_backend
 from pvdm_fast.ops.axis_gather import axis_geometry
-from tolerances import assert_close_2x, assert_fp32_close
+
+from ._launcher_cases import (assert_backend_matches, assert_compile_matches_eager, assert_fp32_matches,
+                              assert_launcher_rejects, assert_launchers_need_gpu, assert_low_within_2x, needs_c,
+                              rejection_cases)
+from ._launcher_cases import tensor_arg as _arg
 
 GRID = (5, 7, 3)  # odd T, h, w
 AXES = ["xy", "yt", "xt"]
@@ -54,11 +58,7 @@ def _truth(axis, *inputs, norm, grid=GRID):
 def test_fp32_matches_float64_truth(axis, backend, norm):
     inputs = _inputs(2, GRID, 37, axis, torch.float32)
     got = _run(axis_gather, backend, axis, *inputs, norm)
-    truth = _truth(axis, *inputs, norm=norm)
-    assert len(got) == len(truth)
-    for i, (out, ref) in enumerate(zip(got, truth)):
-        assert out.dtype == torch.float32 and out.shape == ref.shape
-        assert_fp32_close(out, ref, f"{backend} {axis} output/grad {i}")
+    assert_fp32_matches(got, _truth(axis, *inputs, norm=norm), f"{backend} {axis}")
 
 
 @pytest.mark.parametrize("axis", AXES)
@@ -66,10 +66,7 @@ def test_fp16_triton_within_twice_torch_error(axis):
     inputs = _inputs(2, GRID, 37, axis, torch.float16)
     got = _run(axis_gather, "triton", axis, *inputs, True)
     same = _run(axis_gather, "reference", axis, *inputs, True)
-    truth = _truth(axis, *inputs, norm=True)
-    for i, (out, ref, tr) in enumerate(zip(got, same, truth)):
-        assert out.dtype == torch.float16
-        assert_close_2x(out, ref, tr, f"triton fp16 {axis} output/grad {i}")
+    assert_low_within_2x(got, same, _truth(axis, *inputs, norm=True), torch.float16, f"triton fp16 {axis}")
 
 
 def test_sequence_layout_and_appended_token_at_the_end():
@@ -135,16 +132,7 @@ class _Projection(torch.nn.Module):
 def test_torch_compile_fullgraph():
     torch.manual_seed(0)
     model = _Projection()
-    x = torch.randn(2, 18, 12, requires_grad=True)
-    eager = model(x)
-    eager.square().sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    out = torch.compile(model, fullgraph=True)(x)
-    out.square().sum().backward()
-    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
-    for g, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+    assert_compile_matches_eager(model, torch.randn(2, 18, 12, requires_grad=True))
 
 
 def test_bad_inputs_raise_value_error():
@@ -162,12 +150,6 @@ def test_bad_inputs_raise_value_error():
 
 
 # ---- the raw CUDA launchers: validation runs before any CUDA call, so these run without a GPU
-
-def _arg(shape, dtype=torch.float32, strides=None, ptr=4096):
-    if strides is None:
-        strides = list(torch.empty(shape).stride())
-    return (ptr, _ext.DTYPE_CODES.get(dtype, 7), list(shape), list(strides))
-
 
 # grid (3, 4, 5), axis 1 (yt): A = 4, lines = B*T*w = 2*3*5 = 30
 B, N, C, A, M = 2, 60, 16, 4, 30
@@ -189,8 +171,6 @@ def _bwd_args(norm=True, dtype=torch.bfloat16):
                 part_beta=f(nb, A + 1, C), grid=[3, 4, 5], axis=1, lines_per_block=8, stream=0)
 
 
-needs_c = pytest.mark.skipif(_ext._C is None, reason="pvdm_fast._C is not built")
-
 FWD_BAD = [
     ("x", lambda a: a.update(x=_arg((B, N, C), torch.float64)), "x must be float32, float16 or bfloat16"),
     ("x", lambda a: a.update(x=_arg((B, N + 1, C), torch.bfloat16)), r"x must have shape \(2, 60, 16\)"),
@@ -211,12 +191,9 @@ FWD_BAD = [
 
 
 @needs_c
-@pytest.mark.parametrize("name,mutate,message", FWD_BAD, ids=[f"fwd-{i}-{c[0]}" for i, c in enumerate(FWD_BAD)])
+@rejection_cases(FWD_BAD, "fwd")
 def test_launcher_forward_rejects(name, mutate, message):
-    args = _fwd_args()
-    mutate(args)
-    with pytest.raises(ValueError, match=message):
-        _ext._C.axis_gather_fwd(**args)
+    assert_launcher_rejects(_ext._C.axis_gather_fwd, _fwd_args(), mutate, message)
 
 
 BWD_BAD = [
@@ -230,12 +207,9 @@ BWD_BAD = [
 
 
 @needs_c
-@pytest.mark.parametrize("name,mutate,message", BWD_BAD, ids=[f"bwd-{i}-{c[0]}" for i, c in enumerate(BWD_BAD)])
+@rejection_cases(BWD_BAD, "bwd")
 def test_launcher_backward_rejects(name, mutate, message):
-    args = _bwd_args()
-    mutate(args)
-    with pytest.raises(ValueError, match=message):
-        _ext._C.axis_gather_bwd(**args)
+    assert_launcher_rejects(_ext._C.axis_gather_bwd, _bwd_args(), mutate, message)
 
 
 @needs_c
@@ -254,10 +228,8 @@ def test_launcher_rejects_extras_without_norm():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 @pytest.mark.parametrize("norm", [False, True])
 def test_launcher_valid_call_without_gpu_is_runtime_error(norm):
-    with pytest.raises(RuntimeError, match="axis_gather forward"):
-        _ext._C.axis_gather_fwd(**_fwd_args(norm=norm))
-    with pytest.raises(RuntimeError, match="axis_gather backward"):
-        _ext._C.axis_gather_bwd(**_bwd_args(norm=norm))
+    assert_launchers_need_gpu("axis_gather", _ext._C.axis_gather_fwd, _fwd_args(norm=norm), _ext._C.axis_gather_bwd,
+                              _bwd_args(norm=norm))
 
 
 # ---- GPU: CUDA and Triton on CUDA tensors, every dtype (skipped without a device)
@@ -271,12 +243,5 @@ def test_launcher_valid_call_without_gpu_is_runtime_error(norm):
 def test_gpu_backends(grid, c, axis, backend, dtype, norm):
     inputs = _inputs(2, grid, c, axis, dtype, device="cuda")
     got = _run(axis_gather, backend, axis, *inputs, norm, grid=grid)
-    truth = _truth(axis, *inputs, norm=norm, grid=grid)
-    if dtype == torch.float32:
-        for i, (out, tr) in enumerate(zip(got, truth)):
-            assert_fp32_close(out.cpu(), tr, f"{backend} {axis} output/grad {i}")
-        return
-    same = _run(axis_gather, "reference", axis, *inputs, norm, grid=grid)
-    for i, (out, ref, tr) in enumerate(zip(got, same, truth)):
-        assert out.dtype == dtype
-        assert_close_2x(out.cpu(), ref.cpu(), tr, f"{backend} {dtype} {axis} output/grad {i}")
+    same = lambda: _run(axis_gather, "reference", axis, *inputs, norm, grid=grid)  # noqa: E731
+    assert_backend_matches(got, same, _truth(axis, *inputs, norm=norm, grid=grid), dtype, f"{backend} {axis}")

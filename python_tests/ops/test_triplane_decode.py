@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from pvdm_fast.ops import _ext, triplane_decode, triplane_decode_reference, triplane_sum, use_backend
-from tolerances import assert_close_2x, assert_fp32_close
+
+from ._launcher_cases import (assert_backend_matches, assert_compile_matches_eager, assert_fp32_matches,
+                              assert_launcher_rejects, assert_launchers_need_gpu, assert_low_within_2x, needs_c,
+                              rejection_cases)
+from ._launcher_cases import tensor_arg as _arg
 
 # (B, T, h, w, C, E): odd grid sizes, C not a multiple of 8 (scalar path), and one aligned C.
 CASES = [(2, 5, 7, 3, 37, 4), (1, 3, 2, 4, 16, 4)]
@@ -57,11 +61,7 @@ def test_fp32_matches_float64_truth(case, backend, norm):
     b, t, h, w, c, e = case
     inputs = _inputs(b, t, h, w, c, e, torch.float32)
     got = _run(triplane_decode, backend, (t, h, w), *inputs, norm)
-    truth = _truth((t, h, w), *inputs, norm)
-    assert len(got) == len(truth)
-    for i, (out, ref) in enumerate(zip(got, truth)):
-        assert out.dtype == torch.float32 and out.shape == ref.shape
-        assert_fp32_close(out, ref, f"{backend} output/grad {i}")
+    assert_fp32_matches(got, _truth((t, h, w), *inputs, norm), backend)
 
 
 @pytest.mark.parametrize("norm", [False, True])
@@ -70,10 +70,7 @@ def test_fp16_triton_within_twice_torch_error(norm):
     inputs = _inputs(b, t, h, w, c, e, torch.float16)
     got = _run(triplane_decode, "triton", (t, h, w), *inputs, norm)
     torch_fp16 = _run(triplane_decode_reference, "reference", (t, h, w), *inputs, norm)
-    truth = _truth((t, h, w), *inputs, norm)
-    for i, (out, ref, tr) in enumerate(zip(got, torch_fp16, truth)):
-        assert out.dtype == torch.float16
-        assert_close_2x(out, ref, tr, f"triton fp16 output/grad {i}")
+    assert_low_within_2x(got, torch_fp16, _truth((t, h, w), *inputs, norm), torch.float16, "triton fp16")
 
 
 def test_volume_layout_is_t_row_col():
@@ -143,16 +140,7 @@ class _Decoder(torch.nn.Module):
 def test_torch_compile_fullgraph():
     torch.manual_seed(0)
     model = _Decoder()
-    latent = torch.randn(2, 4, 3 * 2 + 3 * 2 + 3 * 3, requires_grad=True)
-    eager = model(latent)
-    eager.square().sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    out = torch.compile(model, fullgraph=True)(latent)
-    out.square().sum().backward()
-    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
-    for g, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+    assert_compile_matches_eager(model, torch.randn(2, 4, 3 * 2 + 3 * 2 + 3 * 3, requires_grad=True))
 
 
 def test_bad_inputs_raise_value_error():
@@ -174,13 +162,6 @@ def test_bad_inputs_raise_value_error():
 
 # ---- the raw CUDA launchers: validation runs before any CUDA call, so these run without a GPU
 
-def _arg(shape, dtype=torch.float32, strides=None, ptr=4096):
-    code = _ext.DTYPE_CODES.get(dtype, 7)
-    if strides is None:
-        strides = list(torch.empty(shape).stride()) if shape else []
-    return (ptr, code, list(shape), list(strides))
-
-
 def _fwd_args(b=2, t=3, h=4, w=5, c=16, norm=True, dtype=torch.float16):
     n = t * h * w
     return dict(p_xy=_arg((b, h, w, c), dtype), p_yt=_arg((b, t, w, c), dtype), p_xt=_arg((b, t, h, c), dtype),
@@ -197,8 +178,6 @@ def _bwd_args(b=2, t=3, h=4, w=5, c=16, norm=True, dtype=torch.float16):
                 gamma=f(c), mean=f(b, n), rstd=f(b, n), a1=f(b, n), a2=f(b, n), d_xy=_arg((b, h, w, c)),
                 d_yt=_arg((b, t, w, c)), d_xt=_arg((b, t, h, c)), dgamma_part=f(b, c), dbeta_part=f(b, c), stream=0)
 
-
-needs_c = pytest.mark.skipif(_ext._C is None, reason="pvdm_fast._C is not built")
 
 FWD_BAD = [
     ("p_xy", lambda a: a.update(p_xy=_arg((2, 4, 5, 16), torch.float64)), "p_xy must be float32, float16"),
@@ -218,12 +197,9 @@ FWD_BAD = [
 
 
 @needs_c
-@pytest.mark.parametrize("name,mutate,message", FWD_BAD, ids=[f"fwd-{i}-{c[0]}" for i, c in enumerate(FWD_BAD)])
+@rejection_cases(FWD_BAD, "fwd")
 def test_launcher_forward_rejects(name, mutate, message):
-    args = _fwd_args()
-    mutate(args)
-    with pytest.raises(ValueError, match=message):
-        _ext._C.triplane_decode_fwd(**args)
+    assert_launcher_rejects(_ext._C.triplane_decode_fwd, _fwd_args(), mutate, message)
 
 
 BWD_BAD = [
@@ -238,12 +214,9 @@ BWD_BAD = [
 
 
 @needs_c
-@pytest.mark.parametrize("name,mutate,message", BWD_BAD, ids=[f"bwd-{i}-{c[0]}" for i, c in enumerate(BWD_BAD)])
+@rejection_cases(BWD_BAD, "bwd")
 def test_launcher_backward_rejects(name, mutate, message):
-    args = _bwd_args()
-    mutate(args)
-    with pytest.raises(ValueError, match=message):
-        _ext._C.triplane_decode_bwd(**args)
+    assert_launcher_rejects(_ext._C.triplane_decode_bwd, _bwd_args(), mutate, message)
 
 
 @needs_c
@@ -262,10 +235,8 @@ def test_launcher_rejects_extras_without_norm():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 @pytest.mark.parametrize("norm", [False, True])
 def test_launcher_valid_call_without_gpu_is_runtime_error(norm):
-    with pytest.raises(RuntimeError, match="triplane_decode forward"):
-        _ext._C.triplane_decode_fwd(**_fwd_args(norm=norm))
-    with pytest.raises(RuntimeError, match="triplane_decode backward"):
-        _ext._C.triplane_decode_bwd(**_bwd_args(norm=norm))
+    assert_launchers_need_gpu("triplane_decode", _ext._C.triplane_decode_fwd, _fwd_args(norm=norm),
+                              _ext._C.triplane_decode_bwd, _bwd_args(norm=norm))
 
 
 # ---- GPU: CUDA and Triton on CUDA tensors, every dtype (skipped without a device)
@@ -282,15 +253,8 @@ def test_gpu_backends(case, backend, dtype, norm):
     b, t, h, w, c, e = case
     inputs = _inputs(b, t, h, w, c, e, dtype, device="cuda")
     got = _run(triplane_decode, backend, (t, h, w), *inputs, norm)
-    truth = _truth((t, h, w), *[x.cpu() for x in inputs], norm)
-    if dtype == torch.float32:
-        for i, (out, tr) in enumerate(zip(got, truth)):
-            assert_fp32_close(out.cpu(), tr, f"{backend} output/grad {i}")
-        return
-    same = _run(triplane_decode_reference, "reference", (t, h, w), *inputs, norm)
-    for i, (out, ref, tr) in enumerate(zip(got, same, truth)):
-        assert out.dtype == dtype
-        assert_close_2x(out.cpu(), ref.cpu(), tr, f"{backend} {dtype} output/grad {i}")
+    same = lambda: _run(triplane_decode_reference, "reference", (t, h, w), *inputs, norm)  # noqa: E731
+    assert_backend_matches(got, same, _truth((t, h, w), *[x.cpu() for x in inputs], norm), dtype, backend)
 
 
 @pytest.mark.gpu
