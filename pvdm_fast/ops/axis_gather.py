@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pvdm_fast.ops import _ext, _launch, dispatch
+from pvdm_fast.ops._layernorm import layernorm_backward_reference, layernorm_reference
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
 SPEC = dispatch.register(dispatch.OpSpec(
@@ -82,10 +83,7 @@ def axis_gather_reference(x: Tensor, token: Tensor, pos: Tensor, norm_weight: Op
     s = _sequences(x, token, pos, grid, axis, cdt)
     if norm_weight is None:  # distinct empty tensors: custom-op outputs may not alias each other
         return s.to(x.dtype), x.new_empty(0), s.new_empty(0), s.new_empty(0)
-    mean = s.mean(-1)
-    centred = s - mean[..., None]
-    rstd = torch.rsqrt((centred * centred).mean(-1) + eps)
-    y = centred * rstd[..., None] * norm_weight.to(cdt) + norm_bias.to(cdt)
+    y, mean, rstd = layernorm_reference(s, norm_weight, norm_bias, eps)
     return s.to(x.dtype), y.to(x.dtype), mean, rstd
 
 
@@ -99,12 +97,8 @@ def axis_gather_backward_reference(ds: Tensor, dy: Optional[Tensor], x: Tensor, 
     dgamma = dbeta = torch.zeros(c, dtype=cdt, device=x.device)
     if dy is not None:
         s = _sequences(x, token, pos, grid, axis, cdt)
-        xhat = (s - mean.to(cdt)[..., None]) * rstd.to(cdt)[..., None]
-        dyc = dy.to(cdt)
-        gy = dyc * norm_weight.to(cdt)
-        g = g + rstd.to(cdt)[..., None] * (gy - gy.mean(-1, keepdim=True)
-                                           - xhat * (gy * xhat).mean(-1, keepdim=True))
-        dgamma, dbeta = (dyc * xhat).sum((0, 1)), dyc.sum((0, 1))
+        d_ln, dgamma, dbeta = layernorm_backward_reference(s, dy, norm_weight, mean, rstd)
+        g = g + d_ln
     dpos = g.sum(0)
     return _unlines(g[:, :-1], x.shape[0], grid, axis), dpos[-1].clone(), dpos, dgamma, dbeta
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pvdm_fast.ops import _ext, _launch, dispatch
+from pvdm_fast.ops._layernorm import layernorm_backward_reference, layernorm_reference
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
 SPEC = dispatch.register(dispatch.OpSpec(
@@ -48,10 +49,7 @@ def triplane_sum_reference(p_xy: Tensor, p_yt: Tensor, p_xt: Tensor, norm_weight
     vol = _volume(p_xy, p_yt, p_xt, cdt).flatten(1, 3)
     if norm_weight is None:  # distinct empty tensors: custom-op outputs may not alias each other
         return vol.to(p_xy.dtype), p_xy.new_empty(0), vol.new_empty(0), vol.new_empty(0)
-    mean = vol.mean(-1)
-    centred = vol - mean[..., None]
-    rstd = torch.rsqrt((centred * centred).mean(-1) + eps)
-    y = centred * rstd[..., None] * norm_weight.to(cdt) + norm_bias.to(cdt)
+    y, mean, rstd = layernorm_reference(vol, norm_weight, norm_bias, eps)
     return vol.to(p_xy.dtype), y.to(p_xy.dtype), mean, rstd
 
 
@@ -66,12 +64,9 @@ def triplane_sum_backward_reference(dv: Tensor, dy: Optional[Tensor], p_xy: Tens
     dgamma = dbeta = torch.zeros(c, dtype=cdt, device=dv.device)
     if dy is not None:
         vol = _volume(p_xy, p_yt, p_xt, cdt)
-        m, r = mean.to(cdt).reshape(b, t, h, w, 1), rstd.to(cdt).reshape(b, t, h, w, 1)
-        xhat = (vol - m) * r
-        dyc = dy.to(cdt).reshape(b, t, h, w, c)
-        gy = dyc * norm_weight.to(cdt)
-        g = g + r * (gy - gy.mean(-1, keepdim=True) - xhat * (gy * xhat).mean(-1, keepdim=True))
-        dgamma, dbeta = (dyc * xhat).sum((0, 1, 2, 3)), dyc.sum((0, 1, 2, 3))
+        d_ln, dgamma, dbeta = layernorm_backward_reference(vol, dy.reshape(b, t, h, w, c), norm_weight,
+                                                           mean.reshape(b, t, h, w), rstd.reshape(b, t, h, w))
+        g = g + d_ln
     return g.sum(1), g.sum(2), g.sum(3), dgamma, dbeta
 
 

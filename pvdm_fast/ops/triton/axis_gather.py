@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from pvdm_fast.ops import _launch
+from pvdm_fast.ops.triton._layernorm import layernorm_rows
 
 
 @triton.jit
@@ -45,12 +46,8 @@ def _fwd_kernel(X, Tok, Pos, G, Bt, S, Y, Mean, Rstd, M, A, N, O1, O2, s1, s2, s
     out = row[:, None] * C + cols[None, :]
     tl.store(S + out, s.to(S.dtype.element_ty), mask=m)
     if HAS_NORM:
-        mean = tl.sum(s, axis=1) / C
-        d = tl.where(m, s - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / C + eps)
-        g = tl.load(G + cols, mask=cm, other=0.0)
-        bt = tl.load(Bt + cols, mask=cm, other=0.0)
-        tl.store(Y + out, (d * rstd[:, None] * g[None, :] + bt[None, :]).to(Y.dtype.element_ty), mask=m)
+        y, mean, rstd = layernorm_rows(s, m, cols, cm, G, Bt, C, eps)
+        tl.store(Y + out, y.to(Y.dtype.element_ty), mask=m)
         tl.store(Mean + row, mean, mask=mm)
         tl.store(Rstd + row, rstd, mask=mm)
 

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from pvdm_fast.ops import _launch
+from pvdm_fast.ops.triton._layernorm import layernorm_rows
 
 
 @triton.jit
@@ -50,12 +51,7 @@ def _fwd_kernel(PXY, PYT, PXT, G, Bt, V, Y, Mean, Rstd, NT, T, H, W, C, eps,
     out = n[:, None] * C + cols[None, :]
     tl.store(V + out, v.to(V.dtype.element_ty), mask=m)
     if HAS_NORM:
-        mean = tl.sum(v, axis=1) / C
-        d = tl.where(m, v - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / C + eps)
-        g = tl.load(G + cols, mask=cm, other=0.0)
-        bt = tl.load(Bt + cols, mask=cm, other=0.0)
-        y = d * rstd[:, None] * g[None, :] + bt[None, :]
+        y, mean, rstd = layernorm_rows(v, m, cols, cm, G, Bt, C, eps)
         tl.store(Y + out, y.to(Y.dtype.element_ty), mask=m)
         tl.store(Mean + n, mean, mask=n < NT)
         tl.store(Rstd + n, rstd, mask=n < NT)
