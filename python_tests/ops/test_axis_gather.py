@@ -214,14 +214,10 @@ def test_launcher_backward_rejects(name, mutate, message):
 
 @needs_c
 def test_launcher_rejects_extras_without_norm():
-    args = _fwd_args(norm=False)
-    args["y"] = _arg((M, A + 1, C), torch.bfloat16)
-    with pytest.raises(ValueError, match="y must be None"):
-        _ext._C.axis_gather_fwd(**args)
-    args = _bwd_args(norm=False)
-    args["part_gamma"] = _arg((4, A + 1, C))
-    with pytest.raises(ValueError, match="part_gamma must be None"):
-        _ext._C.axis_gather_bwd(**args)
+    assert_launcher_rejects(_ext._C.axis_gather_fwd, _fwd_args(norm=False),
+                            lambda a: a.update(y=_arg((M, A + 1, C), torch.bfloat16)), "y must be None")
+    assert_launcher_rejects(_ext._C.axis_gather_bwd, _bwd_args(norm=False),
+                            lambda a: a.update(part_gamma=_arg((4, A + 1, C))), "part_gamma must be None")
 
 
 @needs_c

@@ -221,14 +221,10 @@ def test_launcher_backward_rejects(name, mutate, message):
 
 @needs_c
 def test_launcher_rejects_extras_without_norm():
-    args = _fwd_args(norm=False)
-    args["mean"] = _arg((2, 60))
-    with pytest.raises(ValueError, match="mean must be None"):
-        _ext._C.triplane_decode_fwd(**args)
-    args = _bwd_args(norm=False)
-    args["dy"] = _arg((2, 60, 16), torch.float16)
-    with pytest.raises(ValueError, match="dy must be None"):
-        _ext._C.triplane_decode_bwd(**args)
+    assert_launcher_rejects(_ext._C.triplane_decode_fwd, _fwd_args(norm=False),
+                            lambda a: a.update(mean=_arg((2, 60))), "mean must be None")
+    assert_launcher_rejects(_ext._C.triplane_decode_bwd, _bwd_args(norm=False),
+                            lambda a: a.update(dy=_arg((2, 60, 16), torch.float16)), "dy must be None")
 
 
 @needs_c
