@@ -90,11 +90,8 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const 
 template <typename T, int VEC>
 static int launch(const AxisGatherParams& p, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>((p.gamma ? 3 : 1) * p.channels) * sizeof(float);
-  if (p.gamma)
-    axis_gather_bwd_kernel<T, VEC, true><<<axis_grid(p), kAxisWarps * 32, smem, stream>>>(p);
-  else
-    axis_gather_bwd_kernel<T, VEC, false><<<axis_grid(p), kAxisWarps * 32, smem, stream>>>(p);
-  return static_cast<int>(cudaGetLastError());
+  const auto kernel = p.gamma ? axis_gather_bwd_kernel<T, VEC, true> : axis_gather_bwd_kernel<T, VEC, false>;
+  return launch_kernel(kernel, axis_grid(p), kAxisWarps * 32, smem, stream, p);
 }
 
 int axis_gather_bwd_launch(const AxisGatherParams& p, void* stream) {

@@ -25,11 +25,8 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_fwd_kernel(const 
 
 template <typename T, int VEC>
 static int launch(const AxisGatherParams& p, cudaStream_t stream) {
-  if (p.gamma)
-    axis_gather_fwd_kernel<T, VEC, true><<<axis_grid(p), kAxisWarps * 32, 0, stream>>>(p);
-  else
-    axis_gather_fwd_kernel<T, VEC, false><<<axis_grid(p), kAxisWarps * 32, 0, stream>>>(p);
-  return static_cast<int>(cudaGetLastError());
+  const auto kernel = p.gamma ? axis_gather_fwd_kernel<T, VEC, true> : axis_gather_fwd_kernel<T, VEC, false>;
+  return launch_kernel(kernel, axis_grid(p), kAxisWarps * 32, 0, stream, p);
 }
 
 int axis_gather_fwd_launch(const AxisGatherParams& p, void* stream) {

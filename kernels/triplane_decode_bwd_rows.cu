@@ -36,8 +36,7 @@ __global__ void __launch_bounds__(kTriWarps * 32) triplane_ln_means_kernel(const
 
 template <typename T, int VEC>
 static int launch(const TriplaneParams& p, cudaStream_t stream) {
-  triplane_ln_means_kernel<T, VEC><<<tri_row_blocks(p), kTriWarps * 32, 0, stream>>>(p);
-  return static_cast<int>(cudaGetLastError());
+  return launch_kernel(triplane_ln_means_kernel<T, VEC>, tri_row_blocks(p), kTriWarps * 32, 0, stream, p);
 }
 
 int triplane_ln_means_launch(const TriplaneParams& p, void* stream) {

@@ -123,8 +123,7 @@ static int launch_sums(const TriplaneParams& p, cudaStream_t stream) {
     if (e != cudaSuccess) return static_cast<int>(e);
   }
   const unsigned blocks = static_cast<unsigned>(p.batch * (p.channels / VEC));
-  kernel<<<blocks, kTriSumThreads, static_cast<size_t>(vec_smem), stream>>>(p);
-  return static_cast<int>(cudaGetLastError());
+  return launch_kernel(kernel, blocks, kTriSumThreads, static_cast<size_t>(vec_smem), stream, p);
 }
 
 template <typename T, int VEC>

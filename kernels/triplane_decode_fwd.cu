@@ -21,11 +21,8 @@ __global__ void __launch_bounds__(kTriWarps * 32) triplane_fwd_kernel(const Trip
 
 template <typename T, int VEC>
 static int launch(const TriplaneParams& p, cudaStream_t stream) {
-  if (p.gamma)
-    triplane_fwd_kernel<T, VEC, true><<<tri_row_blocks(p), kTriWarps * 32, 0, stream>>>(p);
-  else
-    triplane_fwd_kernel<T, VEC, false><<<tri_row_blocks(p), kTriWarps * 32, 0, stream>>>(p);
-  return static_cast<int>(cudaGetLastError());
+  const auto kernel = p.gamma ? triplane_fwd_kernel<T, VEC, true> : triplane_fwd_kernel<T, VEC, false>;
+  return launch_kernel(kernel, tri_row_blocks(p), kTriWarps * 32, 0, stream, p);
 }
 
 int triplane_fwd_launch(const TriplaneParams& p, void* stream) {

@@ -53,6 +53,13 @@ __device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
   }
 }
 
+// Enqueues kernel<<<grid, block, smem, stream>>>(p); returns the launch's cudaError_t value.
+template <typename Params>
+int launch_kernel(void (*kernel)(Params), dim3 grid, int block, size_t smem, cudaStream_t stream, const Params& p) {
+  kernel<<<grid, block, smem, stream>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
 // Returns FN<T, VEC>(...) for the element type `dtype`: VEC elements per 16-byte access when `vec`,
 // else the scalar path (VEC 1). Both paths are instantiated for every type.
 #define PVDM_DISPATCH_DTYPE_VEC(dtype, vec, FN, ...)                                                    \
