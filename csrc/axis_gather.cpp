@@ -48,13 +48,10 @@ void axis_gather_fwd(const AxisGatherArgs& a) {
   AxisGatherParams p = axis_params(a, op);
   const int64_t M = p.lines, S = p.A + 1, C = p.channels;
   check_tensor(op, "s", a.s, p.dtype, {M, S, C});
-  check_layernorm_fwd(kWho, op, {a.gamma, a.beta, a.y, a.mean, a.rstd}, p.dtype, {M, S}, C, a.eps);
-  p.beta = tensor_ptr<const float>(a.beta);
+  const LayerNormFwdArgs ln{a.gamma, a.beta, a.y, a.mean, a.rstd};
+  check_layernorm_fwd(kWho, op, ln, p.dtype, {M, S}, C, a.eps);
+  set_layernorm_fwd(p, ln, a.eps);
   p.s = tensor_ptr<void>(a.s);
-  p.y = tensor_ptr<void>(a.y);
-  p.mean = tensor_ptr<float>(a.mean);
-  p.rstd = tensor_ptr<float>(a.rstd);
-  p.eps = static_cast<float>(a.eps);
   p.vec = p.vec && aligned16(a.s) && aligned16(a.y);
   require_cuda_device(op);
 #ifdef PVDM_WITH_CUDA

@@ -39,8 +39,9 @@ struct GnSiluArgs {
 void gn_silu_fwd(const GnSiluArgs& a);
 void gn_silu_bwd(const GnSiluArgs& a);
 
-// A tensor as the triplane launchers take it: pointer, dtype code, shape and strides (in elements), so
-// that a wrong shape or a non-contiguous tensor is a ValueError instead of an out-of-bounds read.
+// A tensor as the triplane_decode and axis_gather launchers take it: pointer, dtype code, shape and
+// strides (in elements), so that a wrong shape or a non-contiguous tensor is a ValueError instead of an
+// out-of-bounds read.
 struct TensorArg {
   uintptr_t ptr = 0;
   int dtype = -1;
@@ -88,6 +89,17 @@ inline bool aligned16(const TensorArg& t) { return !t.present || t.ptr % 16 == 0
 template <typename T>
 T* tensor_ptr(const TensorArg& t) {
   return t.present ? reinterpret_cast<T*>(t.ptr) : nullptr;
+}
+
+// Points the kernel parameters' LayerNorm forward fields (beta, y, mean, rstd, eps) at the tensors
+// check_layernorm_fwd accepted: null without LayerNorm weights.
+template <typename Params>
+void set_layernorm_fwd(Params& p, const LayerNormFwdArgs& ln, double eps) {
+  p.beta = tensor_ptr<const float>(ln.beta);
+  p.y = tensor_ptr<void>(ln.y);
+  p.mean = tensor_ptr<float>(ln.mean);
+  p.rstd = tensor_ptr<float>(ln.rstd);
+  p.eps = static_cast<float>(eps);
 }
 
 struct TriplaneArgs {

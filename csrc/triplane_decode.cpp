@@ -44,13 +44,10 @@ void triplane_decode_fwd(const TriplaneArgs& a) {
   TriplaneParams p = plane_params(a, op);
   const int64_t B = p.batch, N = p.frames * p.height * p.width, C = p.channels;
   check_tensor(op, "v", a.v, p.dtype, {B, N, C});
-  check_layernorm_fwd(kWho, op, {a.gamma, a.beta, a.y, a.mean, a.rstd}, p.dtype, {B, N}, C, a.eps);
-  p.beta = tensor_ptr<const float>(a.beta);
+  const LayerNormFwdArgs ln{a.gamma, a.beta, a.y, a.mean, a.rstd};
+  check_layernorm_fwd(kWho, op, ln, p.dtype, {B, N}, C, a.eps);
+  set_layernorm_fwd(p, ln, a.eps);
   p.v = tensor_ptr<void>(a.v);
-  p.y = tensor_ptr<void>(a.y);
-  p.mean = tensor_ptr<float>(a.mean);
-  p.rstd = tensor_ptr<float>(a.rstd);
-  p.eps = static_cast<float>(a.eps);
   p.vec = p.vec && aligned16(a.v) && aligned16(a.y);
   require_cuda_device(op);
 #ifdef PVDM_WITH_CUDA
