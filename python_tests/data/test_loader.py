@@ -56,24 +56,12 @@ def test_loader_shards_by_rank():
     assert sorted(seen) == list(range(5))
 
 
-def _rank_worker(rank: int, init_file: str, out_dir: str) -> None:
-    import json
-
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        ds = open_dataset("synthetic:7", resolution=8, frames=2)
-        loader = make_loader(ds, 2, seed=4, num_workers=0, device="cpu")  # rank and world from the group
-        seen = [i for b in loader for i in b["index"].tolist()]
-        with open(f"{out_dir}/rank{rank}.json", "w") as f:
-            json.dump(seen, f)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def test_loader_shards_across_two_gloo_processes(tmp_path):
     import json
 
-    torch.multiprocessing.spawn(_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    from loader_rank_worker import rank_worker
+
+    torch.multiprocessing.spawn(rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     shards = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == list(range(7))
