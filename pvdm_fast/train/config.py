@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+LR_DECAYS = ("none", "linear", "cosine")
 
 
 @dataclass
@@ -20,6 +21,9 @@ class _Common:
     grad_accum: int = 1
     total_clips: int = 1_000_000
     lr: float = 1e-4
+    warmup_steps: int = 0               # linear warm-up from 0 to lr over this many optimizer updates
+    lr_decay: str = "none"              # none | linear | cosine: from lr (after the warm-up) to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0           #   at the last update; "none" keeps lr constant, as officially
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01          # torch's AdamW default, which the official trainers use
     max_grad_norm: float = 0.0          # 0: no clipping
@@ -102,12 +106,14 @@ def validate(c, name: str) -> None:
     need(1 <= c.grad_accum <= 64, f"grad_accum must be in [1, 64], got {c.grad_accum}")
     need(c.total_clips >= 1, f"total_clips must be >= 1, got {c.total_clips}")
     need(c.lr > 0, f"lr must be > 0, got {c.lr}")
+    need(c.warmup_steps >= 0, f"warmup_steps must be >= 0, got {c.warmup_steps}")
+    need(c.lr_decay in LR_DECAYS, f"lr_decay must be one of {LR_DECAYS}, got {c.lr_decay!r}")
+    need(0.0 <= c.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {c.min_lr_ratio}")
     need(c.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {c.precision!r}")
     need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}")
     need(c.ema_every >= 1, f"ema_every must be >= 1, got {c.ema_every}")
     need(c.log_every >= 1 and c.checkpoint_every >= 1, "log_every and checkpoint_every must be >= 1")
     if isinstance(c, TrainDiffusionConfig):
-        need(c.warmup_steps >= 0, f"warmup_steps must be >= 0, got {c.warmup_steps}")
         need(c.cond_prob is None or 0.0 <= c.cond_prob <= 1.0, f"cond_prob must be in [0, 1], got {c.cond_prob}")
 
 

@@ -11,6 +11,7 @@ on the global batch and a resumed run the same as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -85,6 +86,18 @@ def flush_denormals():
         _flush_depth -= 1
         if _flush_depth == 0:
             torch.set_flush_denormal(False)
+
+
+def lr_factor(update: int, *, warmup_steps: int, total_steps: int, decay: str, min_ratio: float) -> float:
+    """lr multiplier of optimizer update `update` (0-based): (update + 1) / warmup_steps during the
+    warm-up, then 1 ("none") or a linear / half-cosine fall to min_ratio at update total_steps."""
+    if update < warmup_steps:
+        return (update + 1) / warmup_steps
+    if decay == "none":
+        return 1.0
+    progress = min(1.0, (update - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * shape
 
 
 def rows_of_rank(ctx: D.DistContext, x: torch.Tensor) -> torch.Tensor:
@@ -177,6 +190,14 @@ class Trainer:
 
     def make_part(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float,
                   scheduler=None) -> Part:
+        """A stage's own scheduler is kept unless the config asks for a decay (or a warm-up the stage
+        does not apply): then the section's warm-up + decay replaces it. The schedule counts that
+        optimizer's own updates (a discriminator's start at gan_start_step)."""
+        tc = self.tc
+        if tc.lr_decay != "none" or (scheduler is None and tc.warmup_steps > 0):
+            factor = functools.partial(lr_factor, warmup_steps=tc.warmup_steps, total_steps=self.total_steps,
+                                       decay=tc.lr_decay, min_ratio=tc.min_lr_ratio)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         scaler = torch.amp.GradScaler(self.ctx.device.type) if self.dtype == torch.float16 else None
         part = Part(name, module, optimizer, max_grad_norm, scheduler, scaler)
         self.parts[name] = part

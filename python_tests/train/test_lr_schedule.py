@@ -1,0 +1,63 @@
+"""The warm-up + decay learning-rate option of both training sections."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pvdm_fast.train.config import section
+from pvdm_fast.train.loop import lr_factor
+
+
+def factors(total, **kw):
+    return [lr_factor(s, total_steps=total, **kw) for s in range(total)]
+
+
+def test_warmup_then_constant_matches_the_diffusion_warmup():
+    assert factors(6, warmup_steps=4, decay="none", min_ratio=0.0) == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_decay_starts_at_one_after_warmup_and_falls_to_min_ratio(decay):
+    f = factors(102, warmup_steps=2, decay=decay, min_ratio=0.1)
+    assert f[:3] == [0.5, 1.0, 1.0]
+    assert all(a > b for a, b in zip(f[2:], f[3:]))  # strictly falling after the warm-up
+    assert f[-1] == pytest.approx(0.1 + 0.9 * (0.01 if decay == "linear" else 0.5 * (1 + math.cos(math.pi * 0.99))))
+    assert lr_factor(102, warmup_steps=2, total_steps=102, decay=decay, min_ratio=0.1) == pytest.approx(0.1)
+    middle = f[52]  # half-way through the decay: both shapes are at the midpoint
+    assert middle == pytest.approx(0.55)
+
+
+def test_bad_schedule_values_are_rejected():
+    for key, value in (("lr_decay", "exp"), ("min_lr_ratio", 1.5), ("warmup_steps", -1)):
+        cfg = OmegaConf.create({"train_autoencoder": {key: value}})
+        with pytest.raises(ValueError, match=key):
+            section(cfg, "train_autoencoder")
+
+
+def test_autoencoder_run_applies_warmup_and_cosine(tiny_config, tmp_path):
+    from pvdm_fast.configs import load_config
+    from pvdm_fast.train.autoencoder_trainer import AutoencoderTrainer
+
+    torch.manual_seed(0)
+    cfg = load_config(str(tiny_config(train_autoencoder={
+        "batch_size": 2, "grad_accum": 1, "total_clips": 12, "lr": 1e-3, "gan_start_step": -1,
+        "warmup_steps": 2, "lr_decay": "cosine", "min_lr_ratio": 0.0})))
+    trainer = AutoencoderTrainer(cfg, tmp_path / "run", data="synthetic:4", progress=False)
+    trainer.run()
+    used = [h["ae/lr"] for h in trainer.history]
+    expected = [1e-3 * lr_factor(s, warmup_steps=2, total_steps=6, decay="cosine", min_ratio=0.0) for s in range(6)]
+    assert used == pytest.approx(expected)
+    assert used[0] < used[1] and used[1] > used[-1] > 0
+
+
+def test_diffusion_decay_keeps_the_warmup(tiny_config, tiny_autoencoder, tmp_path):
+    from pvdm_fast.configs import load_config
+    from pvdm_fast.train.diffusion_trainer import DiffusionTrainer
+
+    cfg = load_config(str(tiny_config(train_diffusion={"total_clips": 16, "warmup_steps": 2, "lr_decay": "linear",
+                                                       "min_lr_ratio": 0.5})))
+    trainer = DiffusionTrainer(cfg, tmp_path / "run", autoencoder=tiny_autoencoder, data="synthetic:4", progress=False)
+    trainer.run()
+    assert [h["unet/lr"] for h in trainer.history] == pytest.approx([5e-4, 1e-3, 1e-3, 7.5e-4])
