@@ -186,11 +186,12 @@ class Bench:
     # ---- measurements
     def training(self, backend: str) -> None:
         from pvdm_fast import ops
+        from pvdm_fast.train.loop import adamw
 
         a = self.args
         with ops.use_backend(backend):
             ae = self.autoencoder().train()
-            opt = torch.optim.AdamW(ae.parameters(), lr=1e-4, betas=(0.5, 0.9))
+            opt = adamw(ae.parameters(), lr=1e-4, betas=(0.5, 0.9))
             make = self.ae_step(ae, opt)
             step = make(a.batch)
             s = _median_s(step, self.device, a.warmup, a.reps)
@@ -208,7 +209,7 @@ class Bench:
             del opt, make, step
 
             unet = self.unet().train()
-            uopt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+            uopt = adamw(unet.parameters(), lr=1e-4)
             for label, encoder in (("diffusion train step (cached latents)", None),
                                    ("diffusion train step (encoder in the loop)", ae)):
                 make = self.diffusion_step(unet, uopt, encoder)

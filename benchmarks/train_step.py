@@ -28,6 +28,8 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import _bench  # noqa: E402
 
+from pvdm_fast.train.loop import adamw  # noqa: E402  (fused where possible, as the trainers)
+
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
@@ -89,7 +91,7 @@ def unet_step(args, device: torch.device) -> tuple[Callable[[], None], dict]:
                      num_res_blocks=args.num_res_blocks, attention_resolutions=_ints(args.attention_resolutions),
                      num_heads=args.num_heads, checkpoint=args.checkpoint)
     model = TriplaneUNet(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4)
     schedule = NoiseSchedule.from_config(DiffusionConfig()).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     x0 = torch.rand(args.batch, cfg.in_channels, cfg.latent_length, device=device, generator=gen) * 2 - 1
@@ -136,7 +138,7 @@ def autoencoder_step(args, device: torch.device) -> tuple[Callable[[], None], di
     cfg = AutoencoderConfig(resolution=args.resolution, frames=args.frames, channels=args.ae_channels,
                             patch_size=args.patch_size, checkpoint=args.checkpoint)
     model = Autoencoder(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    opt = adamw(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
     gen = torch.Generator(device=device).manual_seed(0)
     video = torch.rand(args.batch, 3, cfg.frames, cfg.resolution, cfg.resolution, device=device, generator=gen) * 2 - 1
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)

@@ -8,6 +8,7 @@ matrix is kept for backward, which is what makes the official model need ~27 GB 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,23 +65,64 @@ class SpaceRotary(nn.Module):
         return a.reshape(height * width, -1).repeat_interleave(2, dim=-1)  # (h*w, dim_head)
 
 
-def rotary_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(cos, signed sin) of `angles` (..., d), shaped (..., d/2, 2) to match x's adjacent pairs, computed
-    in float64 and cast to the activation dtype. The sin table carries the sign of each pair slot
-    (-sin for the even dim, +sin for the odd one), so applying it is two multiplies and an add."""
+class RotaryTable(NamedTuple):
+    """The pair rotation of the angles in two forms. Real: (cos, signed sin), shaped (..., d/2, 2) to
+    match x's adjacent pairs. Complex, for float32/float64 activations: each pair a + ib is mapped to
+    alpha * z + beta * conj(z), shaped (..., d/2); beta is None when both dims of every pair share
+    one angle (the map is then a plain complex multiply by the phase alpha = cos + i sin)."""
+    cos: Tensor
+    sin: Tensor
+    alpha: Tensor | None = None
+    beta: Tensor | None = None
+
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def rotary_tables(angles: Tensor, dtype: torch.dtype, shared_pairs: bool = False) -> RotaryTable:
+    """The tables of `angles` (..., d), computed in float64 and cast to the activation dtype.
+
+    The real sin table carries the sign of each pair slot (-sin for the even dim, +sin for the odd
+    one), so applying it is two multiplies and an add. With angles (t0, t1) on a pair, the map
+    (a, b) -> (a cos t0 - b sin t0, b cos t1 + a sin t1) is alpha z + beta conj(z) with
+    alpha = (cos t0 + cos t1)/2 + i (sin t0 + sin t1)/2 and beta = (cos t0 - cos t1)/2 + i (sin t1 - sin t0)/2.
+    `shared_pairs`: the caller's layout repeats each angle over its pair (space rotary), so beta = 0."""
     cos, sin = angles.cos(), angles.sin()
     sign = torch.tensor([-1.0, 1.0], dtype=angles.dtype, device=angles.device)
-    return cos.unflatten(-1, (-1, 2)).to(dtype), (sin.unflatten(-1, (-1, 2)) * sign).to(dtype)
+    table = RotaryTable(cos.unflatten(-1, (-1, 2)).to(dtype), (sin.unflatten(-1, (-1, 2)) * sign).to(dtype))
+    if dtype not in _COMPLEX:
+        return table
+    c0, c1, s0, s1 = cos[..., 0::2], cos[..., 1::2], sin[..., 0::2], sin[..., 1::2]
+    if shared_pairs:
+        return table._replace(alpha=torch.complex(c0, s0).to(_COMPLEX[dtype]))
+    alpha = torch.complex((c0 + c1) / 2, (s0 + s1) / 2).to(_COMPLEX[dtype])
+    beta = torch.complex((c0 - c1) / 2, (s1 - s0) / 2).to(_COMPLEX[dtype])
+    return table._replace(alpha=alpha, beta=beta)
 
 
-def apply_rotary(x: Tensor, table: tuple[Tensor, Tensor]) -> Tensor:
+def apply_rotary(x: Tensor, table: tuple[Tensor, ...]) -> Tensor:
     """out_2i = x_2i cos_2i - x_2i+1 sin_2i, out_2i+1 = x_2i+1 cos_2i+1 + x_2i sin_2i+1.
 
-    Each pair is multiplied with itself and with its swapped copy (a flip); unlike strided even/odd
-    slices this has a backward with no zero-filled gradient buffers."""
-    cos, sin = table
+    With complex tables and a float32/float64 x whose pairs are adjacent in memory, each pair is one
+    complex number and the rotation one or two complex multiplies, each a single pass forward and
+    backward (on a 2-core CPU ~1.2x-1.5x faster per attention call than the real form, which copies a
+    flipped x). Otherwise (bf16/fp16, odd strides) each pair is multiplied with itself and with its
+    swapped copy; unlike strided even/odd slices this has a backward with no zero-filled buffers."""
     pairs = x.unflatten(-1, (-1, 2))
+    alpha = table[2] if len(table) > 2 else None
+    if alpha is not None and _COMPLEX.get(x.dtype) == alpha.dtype and _complex_viewable(pairs):
+        z = torch.view_as_complex(pairs)
+        beta = table[3] if len(table) > 3 else None
+        out = z * alpha if beta is None else torch.addcmul(z * alpha, z.conj(), beta)
+        return torch.view_as_real(out).flatten(-2)
+    cos, sin = table[0], table[1]
     return (pairs * cos + pairs.flip(-1) * sin).flatten(-2)
+
+
+def _complex_viewable(pairs: Tensor) -> bool:
+    # view_as_complex needs the pair dim contiguous, and the offset and the other strides even
+    return (pairs.stride(-1) == 1 and pairs.storage_offset() % 2 == 0
+            and all(st % 2 == 0 for st, n in zip(pairs.stride()[:-1], pairs.shape[:-1]) if n > 1))
 
 
 # ---- attention
@@ -103,8 +145,11 @@ class GridAttention(nn.Module):
         if fused:
             return self.to_out(ops.axial_attention(self.to_qkv(x), self.heads, axis, rotary=rotary))
         b, t, h, w, _ = x.shape
-        qkv = self.to_qkv(x).view(b, t, h, w, 3, self.heads, self.dim_head)
-        qk, v = qkv.split([2, 1], dim=4)  # split, not slicing: its backward is one cat, no zero fill
+        # q, k and v from two matmuls with row blocks of the one official weight: the backward then
+        # sums two input gradients instead of concatenating a (tokens, 3 * inner) output gradient
+        w_qk, w_v = self.to_qkv.weight.split([2 * self.heads * self.dim_head, self.heads * self.dim_head])
+        qk = F.linear(x, w_qk).view(b, t, h, w, 2, self.heads, self.dim_head)
+        v = F.linear(x, w_v).view(b, t, h, w, 1, self.heads, self.dim_head)
         if axis == "time":   # every spatial position attends over its frames
             order, lead, positions = (4, 0, 2, 3, 5, 1, 6), (b, h, w), (t,)
         else:                # every frame attends over its h*w positions (row-major)
@@ -172,7 +217,7 @@ class TimeSformer(nn.Module):
             rot_space = rotary_cos_sin(self.image_rot_emb.angles(h, w))
         else:
             rot_time = rotary_tables(self.frame_rot_emb.angles(t), x.dtype)
-            rot_space = rotary_tables(self.image_rot_emb.angles(h, w).view(h, w, -1), x.dtype)
+            rot_space = rotary_tables(self.image_rot_emb.angles(h, w).view(h, w, -1), x.dtype, shared_pairs=True)
         for i, block in enumerate(self.layers):
             normed = normed_first if i == 0 else None
             if self.checkpoint and self.training and torch.is_grad_enabled():

@@ -20,7 +20,7 @@ from torch import nn
 
 from pvdm_fast.models.discriminators import DiscriminatorConfig, PatchDiscriminator, sync_batchnorm
 from pvdm_fast.train.checkpoint import Weights
-from pvdm_fast.train.loop import Trainer, rows_of_rank
+from pvdm_fast.train.loop import Trainer, adamw, rows_of_rank
 
 
 class DiscriminatorPair(nn.Module):
@@ -83,7 +83,7 @@ class AutoencoderTrainer(Trainer):
         self.model = Autoencoder(self.ae_config).to(dev)
         self.ae = self.wrap(self.model)
         self.ae_fwd = self.maybe_compile(self.ae)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        opt = adamw(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.g = self.make_part("ae", self.ae, opt, tc.max_grad_norm)
 
         disc = DiscriminatorPair(DiscriminatorConfig(self.ae_config.in_channels, tc.disc_channels, tc.disc_layers))
@@ -91,7 +91,7 @@ class AutoencoderTrainer(Trainer):
             disc = sync_batchnorm(disc)
         self.disc = disc.to(dev)
         self.disc_ddp = self.wrap(self.disc)
-        d_opt = torch.optim.AdamW(self.disc.parameters(), lr=tc.disc_lr, betas=tuple(tc.disc_betas),
+        d_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=tuple(tc.disc_betas),
                                   weight_decay=tc.weight_decay)
         self.d = self.make_part("disc", self.disc_ddp, d_opt, tc.disc_max_grad_norm)
         self.lpips = load_lpips(tc.lpips_weights, dev) if tc.lpips_weight > 0 else None

@@ -19,7 +19,7 @@ from dataclasses import asdict
 import torch
 
 from pvdm_fast.train.checkpoint import Weights
-from pvdm_fast.train.loop import Trainer, rows_of_rank
+from pvdm_fast.train.loop import Trainer, adamw, rows_of_rank
 
 
 def warmup_factor(warmup_steps: int):
@@ -81,7 +81,7 @@ class DiffusionTrainer(Trainer):
         self.model = TriplaneUNet(self.unet_config).to(dev)
         self.unet = self.wrap(self.model)
         self.unet_fwd = self.maybe_compile(self.unet)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        opt = adamw(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(tc.warmup_steps))
         self.part = self.make_part("unet", self.unet, opt, tc.max_grad_norm, sched)
         if tc.ema_decay > 0 and self.ctx.is_main:

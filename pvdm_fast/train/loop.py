@@ -100,6 +100,15 @@ def lr_factor(update: int, *, warmup_steps: int, total_steps: int, decay: str, m
     return min_ratio + (1.0 - min_ratio) * shape
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with torch's fused implementation where every parameter allows it (floating point, on a
+    CPU or CUDA device): one pass over each parameter instead of ~10 small kernels, the same update
+    rule and the same state-dict layout (checkpoints move between the two)."""
+    params = list(params)
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, fused=fused, **kwargs)
+
+
 def rows_of_rank(ctx: D.DistContext, x: torch.Tensor) -> torch.Tensor:
     """This rank's rows of a draw made for the global micro-batch: rank r holds global positions
     r, r + W, r + 2W, ... (the interleaving of the sharded sampler)."""

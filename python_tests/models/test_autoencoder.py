@@ -230,6 +230,39 @@ def test_base_config_state_dict_has_the_official_names_and_shapes(golden):
     assert inferred == dataclasses.replace(base, axis_dim_head=base.axis_head_dim)  # None resolved to C/8
 
 
+def test_rotary_complex_and_real_forms_agree():
+    """The complex forms (alpha z + beta conj z, and alpha z when pairs share an angle) against the
+    real flip form, forward and backward, on float32 and float64; odd strides and bf16 take the real
+    form and still rotate."""
+    from pvdm_fast.models.layers import apply_rotary, rotary_tables
+
+    torch.manual_seed(0)
+    general = torch.rand(5, 6, 8, dtype=torch.float64) * 6
+    shared = (torch.rand(5, 6, 4, dtype=torch.float64) * 6).repeat_interleave(2, dim=-1)
+    for angles, is_shared in ((general, False), (shared, True), (shared, False)):
+        for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            table = rotary_tables(angles, dtype, shared_pairs=is_shared)
+            assert table.alpha is not None and (table.beta is None) == is_shared
+            x = torch.randn(3, 5, 6, 8, dtype=dtype, requires_grad=True)
+            g = torch.randn(3, 5, 6, 8, dtype=dtype)
+            out = apply_rotary(x, table)
+            want = apply_rotary(x, table[:2])  # the real form
+            torch.testing.assert_close(out, want, rtol=tol, atol=tol)
+            (gx,) = torch.autograd.grad(out, x, g)
+            (gw,) = torch.autograd.grad(want, x, g)
+            torch.testing.assert_close(gx, gw, rtol=tol, atol=tol)
+    # an odd storage offset cannot be viewed as complex: the real form runs
+    table = rotary_tables(general, torch.float64)
+    base = torch.randn(3 * 5 * 6 * 8 + 1, dtype=torch.float64)
+    odd = base[1:].view(3, 5, 6, 8)
+    torch.testing.assert_close(apply_rotary(odd, table), apply_rotary(odd.clone(), table[:2]))
+    bf = torch.randn(3, 5, 6, 8, dtype=torch.bfloat16)
+    table_bf = rotary_tables(general, torch.bfloat16)
+    assert table_bf.alpha is None
+    torch.testing.assert_close(apply_rotary(bf, table_bf).double(),
+                               apply_rotary(bf.double(), rotary_tables(general, torch.float64)), rtol=0.02, atol=0.05)
+
+
 def test_gradcheck_of_the_small_pieces_in_float64():
     from pvdm_fast.models.layers import apply_rotary, rotary_tables
 

@@ -61,3 +61,28 @@ def test_diffusion_decay_keeps_the_warmup(tiny_config, tiny_autoencoder, tmp_pat
     trainer = DiffusionTrainer(cfg, tmp_path / "run", autoencoder=tiny_autoencoder, data="synthetic:4", progress=False)
     trainer.run()
     assert [h["unet/lr"] for h in trainer.history] == pytest.approx([5e-4, 1e-3, 1e-3, 7.5e-4])
+
+
+def test_adamw_is_fused_where_it_can_be_and_updates_as_the_reference():
+    from pvdm_fast.train.loop import adamw
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(7, 5)
+    b = torch.nn.Linear(7, 5)
+    b.load_state_dict(a.state_dict())
+    opt_a = adamw(a.parameters(), lr=1e-2, betas=(0.5, 0.9), weight_decay=0.01)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, betas=(0.5, 0.9), weight_decay=0.01, foreach=False)
+    assert opt_a.defaults["fused"] is True
+    for _ in range(5):
+        x = torch.randn(3, 7)
+        for m, o in ((a, opt_a), (b, opt_b)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    # the state dicts share a layout: a fused optimizer resumes from a plain one
+    opt_c = adamw(b.parameters(), lr=1e-2, betas=(0.5, 0.9), weight_decay=0.01)
+    opt_c.load_state_dict(opt_b.state_dict())
+    # float64 parameters (the exactness tests) take the fused path too
+    assert adamw([torch.zeros(2, dtype=torch.float64, requires_grad=True)], lr=1e-3).defaults["fused"] is True
