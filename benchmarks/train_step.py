@@ -59,6 +59,42 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, step
     return times
 
 
+def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                     n: int) -> dict[str, list[float]]:
+    """Time several step functions alternately (A, B, A, B, ...), so that drifting machine load falls
+    on all of them alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(n):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def compare_official_style(args, device: torch.device) -> list[dict]:
+    """Our autoencoder step and the official-style execution of the same model (official_style.py),
+    interleaved step by step in this process. Peak memory is the process's, not per implementation."""
+    built = {impl: autoencoder_step(args, device, impl) for impl in ("pvdm_fast", "official-style")}
+    if any(b is None for b in built.values()):
+        return []
+    times = time_interleaved({impl: b[0] for impl, b in built.items()}, device, args.warmup, args.steps)
+    out = []
+    for impl, (_, info) in built.items():
+        median = statistics.median(times[impl])
+        out.append({**info, "device": _bench.device_name(), "batch": args.batch,
+                    "dtype": "bf16-autocast" if args.bf16 else "fp32", "checkpoint": args.checkpoint,
+                    "s_per_step": median, "min_s": min(times[impl]), "clips_per_s": args.batch / median,
+                    "peak_mem_MB": _peak_memory_mb(device), "speedup_vs_official_style":
+                    statistics.median(times["official-style"]) / median if impl == "pvdm_fast" else 1.0})
+    return out
+
+
 def _batches(args, device: torch.device, frames: int, resolution: int, cond: bool):
     """An endless iterator of real batches from --data (decoding included in the timed step)."""
     from pvdm_fast.data.dataset import open_dataset
@@ -129,7 +165,7 @@ def unet_step(args, device: torch.device) -> tuple[Callable[[], None], dict]:
     return step, info
 
 
-def autoencoder_step(args, device: torch.device) -> tuple[Callable[[], None], dict] | None:
+def autoencoder_step(args, device: torch.device, impl: str = "pvdm_fast") -> tuple[Callable[[], None], dict] | None:
     try:
         from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
     except ImportError:
@@ -137,7 +173,12 @@ def autoencoder_step(args, device: torch.device) -> tuple[Callable[[], None], di
         return None
     cfg = AutoencoderConfig(resolution=args.resolution, frames=args.frames, channels=args.ae_channels,
                             patch_size=args.patch_size, checkpoint=args.checkpoint)
+    torch.manual_seed(0)  # both implementations start from the same weights
     model = Autoencoder(cfg).to(device).train()
+    if impl == "official-style":
+        from official_style import official_style
+
+        model = official_style(model)
     opt = adamw(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
     gen = torch.Generator(device=device).manual_seed(0)
     video = torch.rand(args.batch, 3, cfg.frames, cfg.resolution, cfg.resolution, device=device, generator=gen) * 2 - 1
@@ -154,7 +195,8 @@ def autoencoder_step(args, device: torch.device) -> tuple[Callable[[], None], di
         loss.backward()
         opt.step()
 
-    info = {"model": "autoencoder", "config": f"r{cfg.resolution} t{cfg.frames} c{cfg.channels} p{cfg.patch_size}",
+    info = {"model": "autoencoder" if impl == "pvdm_fast" else f"autoencoder ({impl})",
+            "config": f"r{cfg.resolution} t{cfg.frames} c{cfg.channels} p{cfg.patch_size}",
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "source": f"data {args.data}" if args.data else "random video"}
     return step, info
@@ -197,6 +239,8 @@ def largest_batch(build, args, device: torch.device) -> int:
 
 def rows(args) -> list[dict]:
     device = torch.device(args.device)
+    if args.compare_official_style:
+        return compare_official_style(args, device)
     builders = {"unet": [unet_step], "autoencoder": [autoencoder_step], "both": [autoencoder_step, unet_step]}
     out = []
     for build in builders[args.model]:
@@ -245,6 +289,9 @@ def main(argv=None) -> None:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--ae-channels", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=8)
+    p.add_argument("--compare-official-style", action="store_true",
+                   help="autoencoder: also time the official-style execution of the same model "
+                        "(official_style.py), step for step interleaved with ours")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 2, 1
@@ -256,7 +303,7 @@ def main(argv=None) -> None:
     result = rows(args)
     _bench.print_table(result, ["model", "config", "source", "device", "batch", "dtype", "checkpoint", "params_M",
                                 "s_per_step", "min_s", "clips_per_s", "peak_mem_MB",
-                                f"largest_batch_in_{args.budget_gb}GB"])
+                                f"largest_batch_in_{args.budget_gb}GB", "speedup_vs_official_style"])
     _bench.write_json(args.json, result, benchmark="train_step")
 
 

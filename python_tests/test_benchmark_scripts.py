@@ -69,3 +69,38 @@ def test_train_step_script_with_real_batches_and_the_encoder_in_the_loop(tmp_pat
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["autoencoder", "unet"]
     assert rows[1]["source"].startswith("encoder in the loop") and all(r["clips_per_s"] > 0 for r in rows)
+
+
+def test_official_style_baseline_computes_our_function_and_the_comparison_runs(tmp_path):
+    """The baseline that train_step.py --compare-official-style times must be the same function as our
+    autoencoder (only the execution differs): float64 outputs and gradients agree, time and space
+    attention alike, on a non-square-in-time grid."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from official_style import official_style
+
+    from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
+
+    torch.manual_seed(0)
+    model = Autoencoder(AutoencoderConfig(resolution=24, frames=6, patch_size=4, channels=16, heads=2, dim_head=8,
+                                          encoder_depth=2, decoder_depth=2, axis_depth=1, axis_heads=2,
+                                          axis_mlp_dim=32)).double()
+    twin = official_style(model)
+    video = torch.rand(2, 3, 6, 24, 24, dtype=torch.float64) * 2 - 1
+    ours, theirs = model(video), twin(video)
+    assert ours.abs().mean() > 0.01
+    torch.testing.assert_close(theirs, ours, rtol=1e-10, atol=1e-10)
+    ours.square().sum().backward()
+    theirs.square().sum().backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-10)
+
+    out = tmp_path / "ts.json"
+    _load("train_step").main(["--model", "autoencoder", "--compare-official-style", "--quick", "--resolution", "16",
+                              "--frames", "4", "--ae-channels", "16", "--patch-size", "4", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["autoencoder", "autoencoder (official-style)"]
+    assert rows[0]["speedup_vs_official_style"] > 0
