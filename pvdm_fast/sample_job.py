@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pvdm_fast._atomic import atomic_write
+
 FORMATS = ("mp4", "gif", "png", "npz")
 SETTINGS_FILE = "sample_settings.json"
 
@@ -42,14 +44,7 @@ def is_done(out: pathlib.Path, index: int, formats: Sequence[str]) -> bool:
 
 def _atomic_file(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
     # The temporary name keeps the suffix: the mp4/gif writers pick the container from it.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(pathlib.Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, write, keep_suffix=True)
 
 
 def _write_png_folder(path: pathlib.Path, video: np.ndarray) -> None:

@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import torch
+
+from pvdm_fast._atomic import atomic_write
 
 CACHE_FORMAT = "pvdm_fast.latents.v1"
 MANIFEST = "manifest.json"
@@ -33,21 +34,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_manifest(out: pathlib.Path, manifest: dict) -> None:
-    _atomic_write(out / MANIFEST, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(manifest, indent=1)))
+    atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
 
 
 def read_manifest(cache_dir: str | os.PathLike) -> dict:
@@ -156,7 +144,7 @@ def _save_shard(path: pathlib.Path, tensors: dict, store_dtype: torch.dtype) -> 
     from safetensors.torch import save_file
 
     tensors = {**tensors, "latent": tensors["latent"].to(store_dtype).contiguous()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": CACHE_FORMAT}))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT}))
 
 
 class LatentDataset(torch.utils.data.Dataset):

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 import torch
+
+from pvdm_fast._atomic import atomic_write
 
 
 class FeatureStats:
@@ -82,17 +83,11 @@ def save_stats(path: str | os.PathLike, stats: FeatureStats, protocol: dict) -> 
               "protocol": np.array(json.dumps(protocol, sort_keys=True))}
     if stats.keep_features:
         arrays["features"] = stats.features
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
+    def write(tmp: pathlib.Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write, keep_suffix=True)
 
 
 def load_stats(path: str | os.PathLike) -> tuple[dict, dict]:

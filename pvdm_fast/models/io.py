@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 
 import torch
+
+from pvdm_fast._atomic import atomic_write
 
 FORMAT = "pvdm_fast.weights.v1"
 
@@ -24,16 +25,7 @@ def save_weights(path: str | os.PathLike, state_dict: dict, kind: str, config: d
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {"format": FORMAT, "kind": kind, "config": json.dumps(config, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, str, dict]:

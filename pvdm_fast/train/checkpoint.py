@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from pvdm_fast._atomic import atomic_write
 from pvdm_fast.models.io import load_weights, save_weights
 
 CHECKPOINT_FORMAT = "pvdm_fast.checkpoint.v1"
@@ -62,17 +63,7 @@ def _fsync_dir(path: pathlib.Path) -> None:
 
 
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)))
 
 
 @dataclass
