@@ -127,9 +127,14 @@ class AutoencoderTrainer(Trainer):
             video = batch["video"]
             recon = self.ae_fwd(video)
             frame_real, frame_fake = pick_frames(video, picks[i]), pick_frames(recon, picks[i])
-            l1 = (recon.float() - video.float()).abs().mean()
+            err = recon.float() - video.float()
+            l1 = err.abs().mean()
             metrics = {"l1": l1}
             loss = tc.l1_weight * l1
+            if tc.l2_weight:
+                l2 = err.square().mean()
+                loss = loss + tc.l2_weight * l2
+                metrics["l2"] = l2
             if self.lpips is not None:
                 p = self.lpips(frame_fake.float(), frame_real.float()).mean()
                 loss = loss + tc.lpips_weight * p

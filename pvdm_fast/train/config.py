@@ -49,6 +49,7 @@ class TrainAutoencoderConfig(_Common):
     grad_accum: int = 3
     betas: tuple[float, float] = (0.5, 0.9)
     l1_weight: float = 4.0
+    l2_weight: float = 0.0               # mean squared error term (0 as official; what PSNR measures)
     lpips_weight: float = 4.0
     lpips_weights: Optional[str] = None  # file with VGG16 + LPIPS linear heads; None: perceptual term off
     gan_start_step: int = -1            # optimizer step at which the GAN stage begins; -1: never
@@ -113,6 +114,9 @@ def validate(c, name: str) -> None:
     need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}")
     need(c.ema_every >= 1, f"ema_every must be >= 1, got {c.ema_every}")
     need(c.log_every >= 1 and c.checkpoint_every >= 1, "log_every and checkpoint_every must be >= 1")
+    if isinstance(c, TrainAutoencoderConfig):
+        need(c.l1_weight >= 0 and c.l2_weight >= 0 and c.l1_weight + c.l2_weight > 0,
+             f"l1_weight and l2_weight must be >= 0 and not both 0, got {c.l1_weight} and {c.l2_weight}")
     if isinstance(c, TrainDiffusionConfig):
         need(c.cond_prob is None or 0.0 <= c.cond_prob <= 1.0, f"cond_prob must be in [0, 1], got {c.cond_prob}")
 

@@ -149,3 +149,16 @@ def test_lpips_term_from_a_user_file_or_off_with_a_warning(tmp_path, tiny_config
     with pytest.warns(RuntimeWarning, match="without the LPIPS"):
         off.run()
     assert "ae/lpips" not in off.history[-1]
+
+
+def test_l2_term_is_added_when_asked_and_both_weights_zero_is_refused(tmp_path, tiny_config):
+    trainer = _ae(tiny_config, tmp_path / "l2", l1_weight=1.0, l2_weight=3.0, total_clips=4, gan_start_step=-1)
+    trainer.run()
+    last = trainer.history[-1]
+    assert last["ae/l2"] > 0
+    assert last["ae/loss"] == pytest.approx(last["ae/l1"] + 3 * last["ae/l2"], rel=1e-5)
+    plain = _ae(tiny_config, tmp_path / "plain", total_clips=4, gan_start_step=-1)
+    plain.run()
+    assert "ae/l2" not in plain.history[-1]  # off by default, as officially
+    with pytest.raises(ValueError, match="l1_weight and l2_weight"):
+        _ae(tiny_config, tmp_path / "none", l1_weight=0.0, l2_weight=0.0)
