@@ -18,14 +18,17 @@ import torch
 
 # Train-section settings used when the demo preset does not set them; `quick` shortens both stages.
 DEMO_TRAIN = {
-    "train_autoencoder": {"batch_size": 8, "grad_accum": 1, "total_clips": 4800, "lr": 2e-3, "betas": [0.9, 0.99],
+    # The tiny autoencoder learns the temporal planes slowly: many small steps at a high, decaying rate,
+    # and a squared-error term (with L1 alone it erases the small moving objects: ~19 dB instead of ~22).
+    "train_autoencoder": {"batch_size": 4, "grad_accum": 1, "total_clips": 12000, "lr": 4e-3, "betas": [0.9, 0.99],
+                          "warmup_steps": 50, "lr_decay": "cosine", "l1_weight": 0.0, "l2_weight": 4.0,
                           "lpips_weight": 0.0, "gan_start_step": -1, "log_every": 10, "checkpoint_every": 10**9,
                           "num_workers": 0, "tensorboard": False},
-    "train_diffusion": {"batch_size": 32, "grad_accum": 1, "total_clips": 6400, "lr": 1e-3, "warmup_steps": 50,
+    "train_diffusion": {"batch_size": 32, "grad_accum": 1, "total_clips": 4800, "lr": 1e-3, "warmup_steps": 50,
                         "ema_decay": 0.99, "ema_every": 1, "log_every": 10, "checkpoint_every": 10**9,
                         "num_workers": 0, "tensorboard": False, "sample_steps": 40},
 }
-QUICK_SCALE = 0.15
+QUICK_SCALE = {"train_autoencoder": 0.06, "train_diffusion": 0.15}  # --quick: fractions of total_clips
 TRAIN_VIDEOS = 64
 HELDOUT_VIDEOS = 16
 HELDOUT_SEED = 1_000_003
@@ -44,7 +47,7 @@ def demo_config(quick: bool, device: str):
     for name in DEMO_TRAIN:
         cfg[name].device = device
         if quick:
-            cfg[name].total_clips = max(cfg[name].batch_size, int(cfg[name].total_clips * QUICK_SCALE))
+            cfg[name].total_clips = max(cfg[name].batch_size, int(cfg[name].total_clips * QUICK_SCALE[name]))
     if quick:
         cfg.train_diffusion.sample_steps = min(int(cfg.train_diffusion.sample_steps), 10)
     return cfg
