@@ -162,3 +162,33 @@ def test_l2_term_is_added_when_asked_and_both_weights_zero_is_refused(tmp_path, 
     assert "ae/l2" not in plain.history[-1]  # off by default, as officially
     with pytest.raises(ValueError, match="l1_weight and l2_weight"):
         _ae(tiny_config, tmp_path / "none", l1_weight=0.0, l2_weight=0.0)
+
+
+def test_bf16_autocast_and_compile_paths_train(tmp_path, tiny_config, tiny_autoencoder, monkeypatch):
+    """precision=bf16 (CPU autocast here; the GPU default) keeps fp32 weights and finite losses in both
+    stages; compile=true goes through torch.compile (aot_eager here: dynamo tracing and AOT autograd of
+    our models without minutes of C++ codegen on a 2-core CI) and matches the eager losses."""
+    ae = _ae(tiny_config, tmp_path / "ae_bf16", precision="bf16", total_clips=8, gan_start_step=-1)
+    assert ae.dtype == torch.bfloat16
+    ae.run()
+    assert all(torch.isfinite(torch.tensor(h["ae/loss"])) for h in ae.history)
+    assert all(p.dtype == torch.float32 for p in ae.model.parameters())
+    dm = _dm(tiny_config, tmp_path / "dm_bf16", tiny_autoencoder, precision="bf16", total_clips=8)
+    dm.run()
+    assert all(torch.isfinite(torch.tensor(h["unet/loss"])) for h in dm.history)
+
+    real_compile = torch.compile
+    calls = []
+
+    def compile_aot_eager(module, **kwargs):
+        calls.append(type(module).__name__)
+        return real_compile(module, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+    eager = _dm(tiny_config, tmp_path / "dm_eager", tiny_autoencoder, total_clips=8)
+    eager.run()
+    compiled = _dm(tiny_config, tmp_path / "dm_compiled", tiny_autoencoder, total_clips=8, compile=True)
+    compiled.run()
+    assert calls, "compile=true did not call torch.compile"
+    for a, b in zip(eager.history, compiled.history):
+        assert a["unet/loss"] == pytest.approx(b["unet/loss"], rel=1e-4, abs=1e-6)
