@@ -20,7 +20,7 @@ import torch
 DEMO_TRAIN = {
     # The tiny autoencoder learns the temporal planes slowly: many small steps at a high, decaying rate,
     # and a squared-error term (with L1 alone it erases the small moving objects: ~19 dB instead of ~22).
-    "train_autoencoder": {"batch_size": 4, "grad_accum": 1, "total_clips": 12000, "lr": 4e-3, "betas": [0.9, 0.99],
+    "train_autoencoder": {"batch_size": 4, "grad_accum": 1, "total_clips": 14400, "lr": 4e-3, "betas": [0.9, 0.99],
                           "warmup_steps": 50, "lr_decay": "cosine", "l1_weight": 0.0, "l2_weight": 4.0,
                           "lpips_weight": 0.0, "gan_start_step": -1, "log_every": 10, "checkpoint_every": 10**9,
                           "num_workers": 0, "tensorboard": False},
