@@ -42,11 +42,6 @@ def is_done(out: pathlib.Path, index: int, formats: Sequence[str]) -> bool:
     return all(output_path(out, index, f).exists() for f in formats)
 
 
-def _atomic_file(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
-    # The temporary name keeps the suffix: the mp4/gif writers pick the container from it.
-    atomic_write(path, write, keep_suffix=True)
-
-
 def _write_png_folder(path: pathlib.Path, video: np.ndarray) -> None:
     from PIL import Image
 
@@ -87,11 +82,11 @@ def write_video_outputs(out: pathlib.Path, index: int, video: np.ndarray, format
         if fmt == "png":
             _write_png_folder(path, video)
         elif fmt == "mp4":
-            _atomic_file(path, lambda p: write_video(p, video, fps=fps))
+            atomic_write(path, lambda p: write_video(p, video, fps=fps), keep_suffix=True)  # container from suffix
         elif fmt == "gif":
-            _atomic_file(path, lambda p: _write_gif(p, video, fps))
+            atomic_write(path, lambda p: _write_gif(p, video, fps), keep_suffix=True)
         else:
-            _atomic_file(path, lambda p: _write_npz(p, video))
+            atomic_write(path, lambda p: _write_npz(p, video), keep_suffix=True)
 
 
 def model_identity(files: Sequence[str | os.PathLike], extra: str = "") -> str:
@@ -120,7 +115,7 @@ def check_settings(out: pathlib.Path, settings: dict) -> None:
                              f"{ {k: old.get(k) for k in diff} } there, { {k: settings.get(k) for k in diff} } "
                              "now); use a new --out folder to sample a different set")
         return
-    _atomic_file(path, lambda p: p.write_text(json.dumps(settings, indent=1, sort_keys=True)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(settings, indent=1, sort_keys=True)))
 
 
 def run_sample_job(generate: Callable[[list[int]], np.ndarray], out: str | os.PathLike, num: int,

@@ -83,6 +83,7 @@ def save_stats(path: str | os.PathLike, stats: FeatureStats, protocol: dict) -> 
               "protocol": np.array(json.dumps(protocol, sort_keys=True))}
     if stats.keep_features:
         arrays["features"] = stats.features
+
     def write(tmp: pathlib.Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

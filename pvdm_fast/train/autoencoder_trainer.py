@@ -91,8 +91,7 @@ class AutoencoderTrainer(Trainer):
             disc = sync_batchnorm(disc)
         self.disc = disc.to(dev)
         self.disc_ddp = self.wrap(self.disc)
-        d_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=tuple(tc.disc_betas),
-                                  weight_decay=tc.weight_decay)
+        d_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=tuple(tc.disc_betas), weight_decay=tc.weight_decay)
         self.d = self.make_part("disc", self.disc_ddp, d_opt, tc.disc_max_grad_norm)
         self.lpips = load_lpips(tc.lpips_weights, dev) if tc.lpips_weight > 0 else None
         if tc.ema_decay > 0 and self.ctx.is_main:
