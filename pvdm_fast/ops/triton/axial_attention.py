@@ -5,7 +5,10 @@ starts at (n // n_inner) * outer + (n % n_inner) * inner, so the time, space, ro
 (B, T, h, w, 3, heads, d) qkv grid, and the channels-first (B, 3C, L) UNet layout, are all read where
 they lie. The kernels are the usual online-softmax recomputation scheme: the forward saves only the
 log-sum-exp per query; the backward runs a dq kernel (which also writes delta = rowsum(dO * O)) and a
-dk/dv kernel, neither holding a score matrix beyond one tile.
+dk/dv kernel, neither holding a score matrix beyond one tile. Where all keys fit one tile the dq kernel
+takes delta = rowsum(P * dP) in float32 from that tile instead (no O read, and exact where the stored,
+rounded O is not: dP - delta cancels when one key dominates a row); with one query per sequence every
+dot runs in float32 (ieee), which costs nothing at that size.
 
 Options compiled in as constexprs: adjacent-pair rotary on q and k (tables (L, d) cos and signed sin,
 applied in float32 after the load and undone on dq/dk), one extra key/value per sequence (the axis
@@ -87,9 +90,9 @@ def _attn_fwd(Q, K, V, O, LSE, EK, EV, COS, SIN,
               so_o, so_i, so_h, so_p, so_d, se_n, se_h, se_d,
               NSEQ, N_INNER, H, LQ, LK, D, NQB, qk_scale,
               HAS_EXTRA: tl.constexpr, HAS_ROT: tl.constexpr, G: tl.constexpr, BMP: tl.constexpr,
-              BNP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+              BNP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     qb, h, n0 = _program(NQB, H, G)
-    dt = Q.dtype.element_ty
+    dt = tl.float32 if F32 else Q.dtype.element_ty  # dtype of the tl.dot operands
     BM: tl.constexpr = G * BMP
     BN: tl.constexpr = G * BNP
     d = tl.arange(0, BD)
@@ -97,8 +100,9 @@ def _attn_fwd(Q, K, V, O, LSE, EK, EV, COS, SIN,
     nq, posq, gq = _rows(qb, n0, BMP, G)
     vq = (nq < NSEQ) & (posq < LQ)
     qmask = vq[:, None] & dm[None, :]
-    q = _load_rows(Q, _line_offset(nq, N_INNER, sq_o, sq_i) + h * sq_h + posq * sq_p, d, sq_d, qmask,
-                   COS, SIN, posq, D, HAS_ROT, BM, BD).to(dt)
+    qf = _load_rows(Q, _line_offset(nq, N_INNER, sq_o, sq_i) + h * sq_h + posq * sq_p, d, sq_d, qmask,
+                    COS, SIN, posq, D, HAS_ROT, BM, BD)
+    q = qf.to(dt)  # for tl.dot; the extra token's score and gradient use the unrounded (rotated) qf
     m = tl.full([BM], float("-inf"), tl.float32)
     l = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
@@ -108,7 +112,7 @@ def _attn_fwd(Q, K, V, O, LSE, EK, EV, COS, SIN,
         kmask = vk[:, None] & dm[None, :]
         koff = _line_offset(nk, N_INNER, sk_o, sk_i) + h * sk_h + posk * sk_p
         k = _load_rows(K, koff, d, sk_d, kmask, COS, SIN, posk, D, HAS_ROT, BN, BD).to(dt)
-        v = tl.load(V + koff[:, None] + d[None, :] * sk_d, mask=kmask, other=0.0)
+        v = tl.load(V + koff[:, None] + d[None, :] * sk_d, mask=kmask, other=0.0).to(dt)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         s = tl.where(vk[None, :] & (gq[:, None] == gk[None, :]), s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -123,7 +127,7 @@ def _attn_fwd(Q, K, V, O, LSE, EK, EV, COS, SIN,
         emask = (nq < NSEQ)[:, None] & dm[None, :]
         ek = tl.load(EK + eoff[:, None] + d[None, :] * se_d, mask=emask, other=0.0).to(tl.float32)
         ev = tl.load(EV + eoff[:, None] + d[None, :] * se_d, mask=emask, other=0.0).to(tl.float32)
-        se = tl.sum(q.to(tl.float32) * ek, 1) * qk_scale
+        se = tl.sum(qf * ek, 1) * qk_scale
         m_new = tl.maximum(m, se)
         alpha = tl.exp2(m - m_new)
         pe = tl.exp2(se - m_new)
@@ -139,54 +143,76 @@ def _attn_fwd(Q, K, V, O, LSE, EK, EV, COS, SIN,
 
 
 @triton.jit
+def _dq_tile(q, do_d, lse2, vq, gq, K, V, COS, SIN, kb, n0, h, d, dm, sk_o, sk_i, sk_h, sk_p, sk_d,
+             NSEQ, N_INNER, LK, D, qk_scale, HAS_ROT: tl.constexpr, G: tl.constexpr, BNP: tl.constexpr,
+             BD: tl.constexpr, PREC: tl.constexpr):
+    # Key block kb of the dq kernel: (rotated k in q's dtype, P, dP = dO V^T), P and dP in float32.
+    BN: tl.constexpr = G * BNP
+    nk, posk, gk = _rows(kb, n0, BNP, G)
+    vk = (nk < NSEQ) & (posk < LK)
+    kmask = vk[:, None] & dm[None, :]
+    koff = _line_offset(nk, N_INNER, sk_o, sk_i) + h * sk_h + posk * sk_p
+    k = _load_rows(K, koff, d, sk_d, kmask, COS, SIN, posk, D, HAS_ROT, BN, BD).to(q.dtype)
+    v = tl.load(V + koff[:, None] + d[None, :] * sk_d, mask=kmask, other=0.0).to(q.dtype)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    ok = vq[:, None] & vk[None, :] & (gq[:, None] == gk[None, :])
+    p = tl.where(ok, tl.exp2(s - lse2[:, None]), 0.0)
+    return k, p, tl.dot(do_d, tl.trans(v), input_precision=PREC)
+
+
+@triton.jit
 def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, EK, EV, DKE, DVE, COS, SIN,
                  sq_o, sq_i, sq_h, sq_p, sq_d, sk_o, sk_i, sk_h, sk_p, sk_d,
                  so_o, so_i, so_h, so_p, so_d, sg_o, sg_i, sg_h, sg_p, sg_d, se_n, se_h, se_d,
                  NSEQ, N_INNER, H, LQ, LK, D, NQB, qk_scale, scale,
-                 HAS_EXTRA: tl.constexpr, HAS_ROT: tl.constexpr, G: tl.constexpr, BMP: tl.constexpr,
-                 BNP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+                 HAS_EXTRA: tl.constexpr, HAS_ROT: tl.constexpr, ONE_KB: tl.constexpr, G: tl.constexpr,
+                 BMP: tl.constexpr, BNP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
+                 F32: tl.constexpr):
     qb, h, n0 = _program(NQB, H, G)
-    dt = Q.dtype.element_ty
+    dt = tl.float32 if F32 else Q.dtype.element_ty  # dtype of the tl.dot operands
     BM: tl.constexpr = G * BMP
-    BN: tl.constexpr = G * BNP
     d = tl.arange(0, BD)
     dm = d < D
     nq, posq, gq = _rows(qb, n0, BMP, G)
     vq = (nq < NSEQ) & (posq < LQ)
     qmask = vq[:, None] & dm[None, :]
-    q = _load_rows(Q, _line_offset(nq, N_INNER, sq_o, sq_i) + h * sq_h + posq * sq_p, d, sq_d, qmask,
-                   COS, SIN, posq, D, HAS_ROT, BM, BD).to(dt)
-    ooff = _line_offset(nq, N_INNER, so_o, so_i) + h * so_h + posq * so_p
-    o = tl.load(O + ooff[:, None] + d[None, :] * so_d, mask=qmask, other=0.0).to(tl.float32)
+    qf = _load_rows(Q, _line_offset(nq, N_INNER, sq_o, sq_i) + h * sq_h + posq * sq_p, d, sq_d, qmask,
+                    COS, SIN, posq, D, HAS_ROT, BM, BD)
+    q = qf.to(dt)  # for tl.dot; the extra token's score and gradient use the unrounded (rotated) qf
     goff = _line_offset(nq, N_INNER, sg_o, sg_i) + h * sg_h + posq * sg_p
     do = tl.load(DO + goff[:, None] + d[None, :] * sg_d, mask=qmask, other=0.0).to(tl.float32)
-    delta = tl.sum(do * o, 1)
-    stat = (nq * H + h) * LQ + posq
-    tl.store(DELTA + stat, delta, mask=vq)
-    lse2 = tl.load(LSE + stat, mask=vq, other=0.0) * 1.4426950408889634
     do_d = do.to(dt)
-    dq = tl.zeros([BM, BD], dtype=tl.float32)
-    for kb in range(0, tl.cdiv(LK, BNP)):
-        nk, posk, gk = _rows(kb, n0, BNP, G)
-        vk = (nk < NSEQ) & (posk < LK)
-        kmask = vk[:, None] & dm[None, :]
-        koff = _line_offset(nk, N_INNER, sk_o, sk_i) + h * sk_h + posk * sk_p
-        k = _load_rows(K, koff, d, sk_d, kmask, COS, SIN, posk, D, HAS_ROT, BN, BD).to(dt)
-        v = tl.load(V + koff[:, None] + d[None, :] * sk_d, mask=kmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        ok = vq[:, None] & vk[None, :] & (gq[:, None] == gk[None, :])
-        p = tl.where(ok, tl.exp2(s - lse2[:, None]), 0.0)
-        dp = tl.dot(do_d, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(dt), k, input_precision=PREC)
+    stat = (nq * H + h) * LQ + posq
+    lse2 = tl.load(LSE + stat, mask=vq, other=0.0) * 1.4426950408889634
     if HAS_EXTRA:
         eoff = nq * se_n + h * se_h
         emask = (nq < NSEQ)[:, None] & dm[None, :]
         ek = tl.load(EK + eoff[:, None] + d[None, :] * se_d, mask=emask, other=0.0).to(tl.float32)
         ev = tl.load(EV + eoff[:, None] + d[None, :] * se_d, mask=emask, other=0.0).to(tl.float32)
-        qf = q.to(tl.float32)
         pe = tl.where(vq, tl.exp2(tl.sum(qf * ek, 1) * qk_scale - lse2), 0.0)
-        dse = pe * (tl.sum(do * ev, 1) - delta)
+        dpe = tl.sum(do * ev, 1)
+    if ONE_KB:
+        # All keys in one tile: delta = rowsum(P * dP) in float32 from the tile itself, which is exact where
+        # rowsum(dO * O) is not (O is stored rounded to the input dtype, and dP - delta cancels when one key,
+        # often the extra token, dominates a row).
+        k, p, dp = _dq_tile(q, do_d, lse2, vq, gq, K, V, COS, SIN, 0, n0, h, d, dm, sk_o, sk_i, sk_h, sk_p,
+                            sk_d, NSEQ, N_INNER, LK, D, qk_scale, HAS_ROT, G, BNP, BD, PREC)
+        delta = tl.sum(p * dp, 1)
+        if HAS_EXTRA:
+            delta += pe * dpe
+        dq = tl.dot((p * (dp - delta[:, None])).to(dt), k, input_precision=PREC)
+    else:
+        ooff = _line_offset(nq, N_INNER, so_o, so_i) + h * so_h + posq * so_p
+        o = tl.load(O + ooff[:, None] + d[None, :] * so_d, mask=qmask, other=0.0).to(tl.float32)
+        delta = tl.sum(do * o, 1)
+        dq = tl.zeros([BM, BD], dtype=tl.float32)
+        for kb in range(0, tl.cdiv(LK, BNP)):
+            k, p, dp = _dq_tile(q, do_d, lse2, vq, gq, K, V, COS, SIN, kb, n0, h, d, dm, sk_o, sk_i, sk_h, sk_p,
+                                sk_d, NSEQ, N_INNER, LK, D, qk_scale, HAS_ROT, G, BNP, BD, PREC)
+            dq += tl.dot((p * (dp - delta[:, None])).to(dt), k, input_precision=PREC)
+    tl.store(DELTA + stat, delta, mask=vq)
+    if HAS_EXTRA:
+        dse = pe * (dpe - delta)
         dq += dse[:, None] * ek
         # per-sequence partial sums over this tile's queries; summed over query blocks by the caller
         dke = tl.sum(tl.reshape(dse[:, None] * qf, (G, BMP, BD)), 1) * scale
@@ -206,9 +232,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, COS, SIN,
                    sq_o, sq_i, sq_h, sq_p, sq_d, sk_o, sk_i, sk_h, sk_p, sk_d, sg_o, sg_i, sg_h, sg_p, sg_d,
                    NSEQ, N_INNER, H, LQ, LK, D, NKB, qk_scale, scale,
                    HAS_ROT: tl.constexpr, G: tl.constexpr, BMP: tl.constexpr, BNP: tl.constexpr,
-                   BD: tl.constexpr, PREC: tl.constexpr):
+                   BD: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     kb, h, n0 = _program(NKB, H, G)
-    dt = Q.dtype.element_ty
+    dt = tl.float32 if F32 else Q.dtype.element_ty  # dtype of the tl.dot operands
     BM: tl.constexpr = G * BMP
     BN: tl.constexpr = G * BNP
     d = tl.arange(0, BD)
@@ -218,7 +244,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, COS, SIN,
     kmask = vk[:, None] & dm[None, :]
     koff = _line_offset(nk, N_INNER, sk_o, sk_i) + h * sk_h + posk * sk_p
     k = _load_rows(K, koff, d, sk_d, kmask, COS, SIN, posk, D, HAS_ROT, BN, BD).to(dt)
-    v = tl.load(V + koff[:, None] + d[None, :] * sk_d, mask=kmask, other=0.0)
+    v = tl.load(V + koff[:, None] + d[None, :] * sk_d, mask=kmask, other=0.0).to(dt)
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dv = tl.zeros([BN, BD], dtype=tl.float32)
     for qb in range(0, tl.cdiv(LQ, BMP)):
@@ -290,6 +316,13 @@ def _tiles(p: Problem, backward: bool) -> Tuple[int, int, int, int]:
             bd)
 
 
+def _f32_math(p: Problem) -> bool:
+    """One query per sequence (the axis projections' first-query-only layer): every tl.dot in float32
+    (ieee) on the float32 rotated q and k, so low-precision inputs lose nothing beyond their own rounding.
+    Such calls are tiny (one query row per sequence), so the slower dots cost nothing that shows."""
+    return p.lq == 1
+
+
 def _warps(rows: int, bd: int) -> int:
     return 8 if rows * bd >= 128 * 64 else 4
 
@@ -324,6 +357,7 @@ def forward(q: Operand, k: Operand, v: Operand, out: Operand, p: Problem, extra:
         raise ValueError("strided attention: k and v must share strides")
     lse = torch.empty((p.n_seq, p.heads, p.lq), device=q.tensor.device, dtype=torch.float32)
     g, bmp, bnp, bd = _tiles(p, backward=False)
+    f32 = _f32_math(p)
     nqb = triton.cdiv(p.lq, bmp)
     ek, ev, es = _extra_args(extra, lse)
     cos, sin = rotary if rotary is not None else (lse, lse)
@@ -333,7 +367,8 @@ def forward(q: Operand, k: Operand, v: Operand, out: Operand, p: Problem, extra:
                         *q.strides, *k.strides, *out.strides, *es,
                         p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nqb, scale * LOG2E,
                         HAS_EXTRA=extra is not None, HAS_ROT=rotary is not None, G=g, BMP=bmp, BNP=bnp, BD=bd,
-                        PREC=_precision(q.tensor.dtype), num_warps=_warps(g * bmp, bd))
+                        PREC="ieee" if f32 else _precision(q.tensor.dtype), F32=f32,
+                        num_warps=_warps(g * bmp, bd))
     return lse
 
 
@@ -348,7 +383,8 @@ def backward(q: Operand, k: Operand, v: Operand, out: Operand, dout: Operand, dq
     delta = torch.empty((p.n_seq, p.heads, p.lq), device=dev, dtype=torch.float32)
     g, bmp, bnp, bd = _tiles(p, backward=True)
     nqb, nkb = triton.cdiv(p.lq, bmp), triton.cdiv(p.lk, bnp)
-    prec = _precision(q.tensor.dtype)
+    f32 = _f32_math(p)
+    prec = "ieee" if f32 else _precision(q.tensor.dtype)
     cos, sin = rotary if rotary is not None else (delta, delta)
     ek, ev, es = _extra_args(extra, delta)
     if extra is not None:
@@ -356,14 +392,14 @@ def backward(q: Operand, k: Operand, v: Operand, out: Operand, dout: Operand, dq
         dve = torch.empty_like(dke)
     else:
         dke = dve = delta
-    common = dict(HAS_ROT=rotary is not None, G=g, BMP=bmp, BNP=bnp, BD=bd, PREC=prec)
+    common = dict(HAS_ROT=rotary is not None, G=g, BMP=bmp, BNP=bnp, BD=bd, PREC=prec, F32=f32)
     lse = lse.contiguous()
     with _device(q.tensor):
         _attn_bwd_dq[(triton.cdiv(p.n_seq, g) * p.heads * nqb,)](
             q.tensor, k.tensor, v.tensor, out.tensor, dout.tensor, dq.tensor, lse, delta, ek, ev, dke, dve,
             cos, sin, *q.strides, *k.strides, *out.strides, *dout.strides, *es,
             p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nqb, scale * LOG2E, scale,
-            HAS_EXTRA=extra is not None, num_warps=_warps(g * bmp, bd), **common)
+            HAS_EXTRA=extra is not None, ONE_KB=nkb == 1, num_warps=_warps(g * bmp, bd), **common)
         _attn_bwd_dkdv[(triton.cdiv(p.n_seq, g) * p.heads * nkb,)](
             q.tensor, k.tensor, v.tensor, dout.tensor, dk.tensor, dv.tensor, lse, delta, cos, sin,
             *q.strides, *k.strides, *dout.strides,
