@@ -9,6 +9,7 @@ GroupNorm+SiLU entry; every `benchmarks/kernels_<op>.py` module's `rows()` is ad
 from __future__ import annotations
 
 import importlib
+import math
 import pathlib
 import sys
 
@@ -122,7 +123,36 @@ def preferences_from_rows(rows: list[dict], gpu: str) -> dict:
         timed = passes.get("fwd+bwd") or passes.get("fwd") or {}
         if timed:
             prefs.setdefault(gpu, {}).setdefault(op, {})[dtype] = sorted(timed, key=timed.get)
+    for key, by_dtype in sdpa_routes(rows, names).items():
+        prefs.setdefault(gpu, {})[key] = by_dtype
     return prefs
+
+
+def sdpa_routes(rows: list[dict], names: list[str]) -> dict:
+    """{"op@case": {dtype: {pass: "sdpa" or the fused backend}}}: per attention case (rows with a "case"
+    key) and pass, whether the best SDPA backend (copies included) or the fastest fused backend was
+    faster. Models ask this through `ops.fused(op, x, case=...)` and take their SDPA path where SDPA won."""
+    from pvdm_fast.ops import dispatch
+
+    best: dict = {}
+    for r in rows:
+        if "ms" not in r or "case" not in r:
+            continue
+        op = next((n for n in names if str(r.get("op", "")).startswith(n)), None)
+        backend = str(r.get("backend", ""))
+        kind = "sdpa" if backend.startswith("sdpa") else backend if backend in dispatch.AUTO_ORDER else None
+        if op is None or kind is None:
+            continue
+        slot = best.setdefault((f"{op}@{r['case']}", r.get("dtype"), r.get("pass", "fwd")), {})
+        if r["ms"] < slot.get(kind, math.inf):
+            slot[kind] = r["ms"]
+    routes: dict = {}
+    for (key, dtype, pass_), times in best.items():
+        fused = {k: v for k, v in times.items() if k != "sdpa"}
+        if fused and "sdpa" in times:
+            winner = min(times, key=times.get)
+            routes.setdefault(key, {}).setdefault(dtype, {})[pass_] = winner
+    return routes
 
 
 def main(argv=None) -> int:

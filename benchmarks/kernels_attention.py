@@ -64,12 +64,16 @@ def _axial_cases(quick: bool) -> list[dict]:
     c_axis, axis_heads = 384, 4
     ad = c_axis // 8
     cases = [
-        dict(op="axial_attention time+rot", shape=(b, t, h, w), heads=heads, d=d, axis="time", rot="time"),
-        dict(op="axial_attention space+rot", shape=(b, t, h, w), heads=heads, d=d, axis="space", rot="space"),
-        dict(op="axial_attention axis-proj xy", shape=(b * h * w, t + 1), heads=axis_heads, d=ad, axis="sequence"),
+        dict(op="axial_attention time+rot", shape=(b, t, h, w), heads=heads, d=d, axis="time", rot="time",
+             case=f"time-L{t}"),
+        dict(op="axial_attention space+rot", shape=(b, t, h, w), heads=heads, d=d, axis="space", rot="space",
+             case=f"space-L{h * w}"),
+        dict(op="axial_attention axis-proj xy", shape=(b * h * w, t + 1), heads=axis_heads, d=ad, axis="sequence",
+             case=f"sequence-L{t + 1}"),
         dict(op="axial_attention axis-proj xy first", shape=(b * h * w, t + 1), heads=axis_heads, d=ad,
-             axis="sequence", first=True),
-        dict(op="axial_attention axis-proj yt", shape=(b * t * w, h + 1), heads=axis_heads, d=ad, axis="sequence"),
+             axis="sequence", first=True, case=f"first-L{t + 1}"),
+        dict(op="axial_attention axis-proj yt", shape=(b * t * w, h + 1), heads=axis_heads, d=ad, axis="sequence",
+             case=f"sequence-L{h + 1}"),
     ]
     return cases[:1] if quick else cases
 
@@ -92,7 +96,8 @@ def _rotary(case, dev):
     return None
 
 
-def _measure(op, shape, dtype, impls, make_input, flops_f, bytes_f, bytes_b):
+def _measure(op, case, shape, dtype, impls, make_input, flops_f, bytes_f, bytes_b):
+    """Rows of every implementation and pass; `case` is the key the models ask `ops.fused` about."""
     rows = []
     x0 = make_input()
     out0 = impls["sdpa (auto)"](x0)
@@ -109,7 +114,7 @@ def _measure(op, shape, dtype, impls, make_input, flops_f, bytes_f, bytes_b):
                     torch.autograd.backward(fn(xg), dout)
             flops = flops_f if pass_ == "fwd" else 3.5 * flops_f
             nbytes = bytes_f if pass_ == "fwd" else bytes_f + bytes_b
-            row = {"op": op, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "pass": pass_,
+            row = {"op": op, "case": case, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "pass": pass_,
                    "backend": name}
             try:
                 ms = _bench.do_bench_ms(call)
@@ -164,8 +169,8 @@ def rows(quick: bool = False) -> list[dict]:
         elt = torch.finfo(dtype).bits // 8
         qkv_bytes = n * length * 3 * heads * d * elt
         out_bytes = n * lq * heads * d * elt
-        out_rows += _measure(case["op"], "x".join(map(str, case["shape"])) + f" {heads}x{d}", dtype, impls,
-                             lambda: torch.randn(*case["shape"], 3 * heads * d, device=dev, dtype=dtype),
+        out_rows += _measure(case["op"], case["case"], "x".join(map(str, case["shape"])) + f" {heads}x{d}", dtype,
+                             impls, lambda: torch.randn(*case["shape"], 3 * heads * d, device=dev, dtype=dtype),
                              4.0 * n * heads * lq * length * d, qkv_bytes + out_bytes,
                              2 * qkv_bytes + 2 * out_bytes)
     for case in _joint_cases(quick):
@@ -178,7 +183,7 @@ def rows(quick: bool = False) -> list[dict]:
         impls = {**_sdpa_impls(lambda x, heads=heads: _joint_sdpa(x, heads)), "triton": fused_joint}
         elt = torch.finfo(dtype).bits // 8
         qkv_bytes, out_bytes = b * 3 * c * length * elt, b * c * length * elt
-        out_rows += _measure(case["op"], f"B{b} C{c} L{length} {heads} heads", dtype, impls,
+        out_rows += _measure(case["op"], f"L{length}", f"B{b} C{c} L{length} {heads} heads", dtype, impls,
                              lambda: torch.randn(b, 3 * c, length, device=dev, dtype=dtype),
                              4.0 * b * length * length * c, qkv_bytes + out_bytes, 2 * qkv_bytes + 2 * out_bytes)
     return out_rows

@@ -64,7 +64,7 @@ def _run_blocks(self, x: Tensor, normed_first: Tensor | None = None) -> Tensor:
     rot_time = (time_angles.cos().to(dtype), time_angles.sin().to(dtype))
     rot_space = (space_angles.cos().to(dtype), space_angles.sin().to(dtype))
     for i, block in enumerate(self.layers):
-        x = block(x, rot_time, rot_space, normed_first if i == 0 else None, False)
+        x = block(x, rot_time, rot_space, normed_first if i == 0 else None, (False, False))
     return x
 
 

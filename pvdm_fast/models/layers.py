@@ -191,11 +191,12 @@ class TimeSformerBlock(nn.ModuleList):
                           PreNorm(dim, GEGLUFeedForward(dim))])
 
     def forward(self, x: Tensor, rot_time: tuple[Tensor, ...], rot_space: tuple[Tensor, ...],
-                normed: Tensor | None = None, fused: bool = False) -> Tensor:
-        """`normed`: LayerNorm(x) with this block's first norm, when a fused op already computed it."""
+                normed: Tensor | None = None, fused: tuple[bool, bool] = (False, False)) -> Tensor:
+        """`normed`: LayerNorm(x) with this block's first norm, when a fused op already computed it;
+        `fused`: whether the time and the space attention run the fused kernel (see GridAttention)."""
         time, space, ff = self
-        x = x + time.fn(time.norm(x) if normed is None else normed, "time", rot_time, fused)
-        x = x + space.fn(space.norm(x), "space", rot_space, fused)
+        x = x + time.fn(time.norm(x) if normed is None else normed, "time", rot_time, fused[0])
+        x = x + space.fn(space.norm(x), "space", rot_space, fused[1])
         return x + ff.fn(ff.norm(x))
 
 
@@ -211,13 +212,14 @@ class TimeSformer(nn.Module):
 
     def run_blocks(self, x: Tensor, normed_first: Tensor | None = None) -> Tensor:
         _, t, h, w, _ = x.shape
-        fused = ops.fused("axial_attention", x)
-        if fused:  # fused kernels take (L, d) float32 tables and rotate in float32
-            rot_time = rotary_cos_sin(self.frame_rot_emb.angles(t))
-            rot_space = rotary_cos_sin(self.image_rot_emb.angles(h, w))
-        else:
-            rot_time = rotary_tables(self.frame_rot_emb.angles(t), x.dtype)
-            rot_space = rotary_tables(self.image_rot_emb.angles(h, w).view(h, w, -1), x.dtype, shared_pairs=True)
+        # per axis, as measured on this GPU: the fused kernel, or SDPA where it was faster
+        fused = (ops.fused("axial_attention", x, case=f"time-L{t}"),
+                 ops.fused("axial_attention", x, case=f"space-L{h * w}"))
+        # fused kernels take (L, d) float32 tables and rotate in float32
+        rot_time = rotary_cos_sin(self.frame_rot_emb.angles(t)) if fused[0] else \
+            rotary_tables(self.frame_rot_emb.angles(t), x.dtype)
+        rot_space = rotary_cos_sin(self.image_rot_emb.angles(h, w)) if fused[1] else \
+            rotary_tables(self.image_rot_emb.angles(h, w).view(h, w, -1), x.dtype, shared_pairs=True)
         for i, block in enumerate(self.layers):
             normed = normed_first if i == 0 else None
             if self.checkpoint and self.training and torch.is_grad_enabled():
@@ -243,7 +245,7 @@ class SequenceAttention(nn.Module):
 
     def forward(self, x: Tensor, first_query_only: bool = False) -> Tensor:
         n, length, _ = x.shape
-        if ops.fused("axial_attention", x):
+        if ops.fused("axial_attention", x, case=f"{'first' if first_query_only else 'sequence'}-L{length}"):
             o = ops.axial_attention(self.to_qkv(x), self.heads, "sequence", first_query_only=first_query_only)
             return self.to_out(o[:, None] if first_query_only else o)
         q, k, v = self.to_qkv(x).view(n, length, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)

@@ -157,7 +157,7 @@ class AttentionBlock(nn.Module):
         # q, k, v needed for SDPA).
         tokens = norm_act(self.norm, x, silu=False).transpose(1, 2)
         qkv = F.linear(tokens, self.qkv.weight[:, :, 0], self.qkv.bias)
-        if ops.fused("joint_attention", qkv):  # the kernel reads the token-major qkv in place
+        if ops.fused("joint_attention", qkv, case=f"L{qkv.shape[1]}"):  # reads the token-major qkv in place
             attn = ops.joint_attention(qkv.transpose(1, 2), self.heads).transpose(1, 2)
         else:
             attn = legacy_attention(qkv, self.heads)

@@ -5,13 +5,16 @@ the fastest of cuda / triton that is built and supports the input, else the refe
 always get the reference. "Fastest" is measured: `benchmarks/kernels.py` times every backend on the
 device and records the winner per (GPU model, op, dtype) in a preferences file (PVDM_BACKEND_PREFS,
 default ~/.cache/pvdm_fast/backend_prefs.json); without a measurement the order is cuda > triton. `PVDM_BACKEND=<name>` or `use_backend(name)` forces one backend, and
-forcing one that cannot run the input raises instead of silently falling back.
+forcing one that cannot run the input raises instead of silently falling back. The same file records,
+per attention case, whether SDPA (with the copies it needs) beat the kernel; `fused(op, x, case)` then
+sends that case to the model's SDPA path (see `sdpa_wins`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pathlib
 from dataclasses import dataclass, field
@@ -184,10 +187,47 @@ def _gpu_name(device: torch.device) -> str:
     return _device_names[index]
 
 
-def fused(op: str, x: torch.Tensor) -> bool:
+def fused(op: str, x: torch.Tensor, case: str | None = None) -> bool:
     """Whether `op` would run a fused kernel (not the PyTorch reference) on `x`. Model code uses this
-    where its own plain path (e.g. SDPA) beats the op's reference, which is written for clarity."""
-    return select(REGISTRY[op], x) != "reference"
+    where its own plain path (e.g. SDPA) beats the op's reference, which is written for clarity.
+
+    `case` names the kind of call (e.g. "time" or "space" attention, "L2048" for a joint attention
+    over 2048 tokens): where the kernel benchmark measured SDPA (with the copies it needs) faster than
+    the fused kernel for that case on this GPU and dtype, auto answers False so the model takes its
+    SDPA path. A forced backend (PVDM_BACKEND, use_backend) is never rerouted."""
+    if select(REGISTRY[op], x) == "reference":
+        return False
+    if case is None or x.device.type != "cuda" or forced_backend(op) is not None:
+        return True
+    grad = torch.is_grad_enabled() and x.requires_grad
+    return not sdpa_wins(load_preferences().get(_gpu_name(x.device), {}), op, case, x.dtype, grad)
+
+
+def _split_case(case: str) -> tuple[str, int | None]:
+    """"space-L1024" -> ("space-", 1024); a case without a trailing length -> (case, None)."""
+    head, sep, tail = case.rpartition("L")
+    if sep and tail.isdigit() and int(tail) > 0:
+        return head, int(tail)
+    return case, None
+
+
+def sdpa_wins(gpu_prefs: dict, op: str, case: str, dtype: torch.dtype, grad: bool) -> bool:
+    """Whether the measurements for one GPU ({"op@case": {dtype: {"fwd": winner, "fwd+bwd": winner}}},
+    written by benchmarks/kernels.py) say SDPA beats the fused kernel for this call. "fwd+bwd" decides
+    when a backward will follow, "fwd" otherwise. A case "<kind>L<length>" without its own measurement
+    takes the measured length of the same kind nearest on a log scale; other unmeasured cases keep the
+    kernel."""
+    measured = {k.split("@", 1)[1]: v for k, v in gpu_prefs.items() if k.startswith(op + "@")}
+    if case not in measured:
+        kind, length = _split_case(case)
+        near = {c: n for c, (k, n) in ((c, _split_case(c)) for c in measured) if k == kind and n is not None}
+        if length is None or not near:
+            return False
+        case = min(near, key=lambda c: (abs(math.log2(near[c] / length)), near[c]))
+    by_pass = measured[case].get(str(dtype).replace("torch.", ""))
+    if not isinstance(by_pass, dict):
+        return False
+    return by_pass.get("fwd+bwd" if grad else "fwd") == "sdpa"
 
 
 def select(spec: OpSpec, x: torch.Tensor) -> str:

@@ -108,3 +108,75 @@ def test_golden_models_agree_on_fused_and_reference_backends_on_gpu(dtype):
             with ops.use_backend(backend):
                 outs[backend] = unet(tensors["x"].cuda().to(dtype), tensors["t"].cuda(), tensors["cond"].cuda().to(dtype))
     assert_close_2x(outs["auto"], outs["reference"], truth, f"unet {dtype}")
+
+
+def test_cases_measured_faster_on_sdpa_take_the_model_sdpa_path(monkeypatch):
+    # Where the kernel benchmark found SDPA faster for a case, `ops.fused(op, x, case)` answers False
+    # and the model must take its own SDPA path for that call only, with the same results. Space
+    # attention and the axis projections' first-query layer are routed here; time attention and the
+    # other projection layers stay fused.
+    real, asked, ran = ops.fused, [], []
+
+    def routed(op, x, case=None):
+        asked.append(case)
+        return real(op, x, case) and not str(case).startswith(("space-", "first-"))
+
+    kernel = ops.axial_attention
+
+    def spy(qkv, heads, axis, **kw):
+        ran.append("first" if kw.get("first_query_only") else axis)
+        return kernel(qkv, heads, axis, **kw)
+
+    monkeypatch.setattr(ops, "fused", routed)
+    monkeypatch.setattr(ops, "axial_attention", spy)
+    torch.manual_seed(0)
+    model = Autoencoder(TINY_AE)
+    video = torch.rand(2, 3, 3, 8, 8) * 2 - 1
+    _compare(model, _ae_loss, [video])
+    assert {"time-L3", "space-L4", "sequence-L4", "first-L4", "sequence-L3", "first-L3"} <= set(asked)
+    assert "time" in ran and "sequence" in ran
+    assert "space" not in ran and "first" not in ran
+
+
+def test_unet_joint_attention_routed_to_sdpa_by_length(monkeypatch):
+    real, asked = ops.fused, []
+
+    def routed(op, x, case=None):
+        asked.append((op, case))
+        return real(op, x, case) and op != "joint_attention"
+
+    monkeypatch.setattr(ops, "fused", routed)
+    calls = []
+    monkeypatch.setattr(ops, "joint_attention", lambda *a, **k: calls.append(1))  # must not run
+    torch.manual_seed(0)
+    model = TriplaneUNet(TINY_UNET)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(1, 4, TINY_UNET.latent_length)
+    _compare(model, _unet_loss, [x, torch.tensor([700]), torch.randn_like(x)], only=["joint_attention"])
+    assert ("joint_attention", f"L{TINY_UNET.latent_length}") in asked and not calls
+
+
+@pytest.mark.gpu
+def test_measured_sdpa_routes_apply_in_auto_mode_on_gpu(tmp_path, monkeypatch):
+    from pvdm_fast.ops import dispatch
+
+    monkeypatch.setenv("PVDM_BACKEND_PREFS", str(tmp_path / "prefs.json"))
+    monkeypatch.setattr(dispatch, "_prefs", None)
+    gpu = torch.cuda.get_device_name()
+    dispatch.save_preferences({gpu: {"axial_attention@space-L4": {"float32": {"fwd": "sdpa", "fwd+bwd": "triton"}}}})
+    x = torch.zeros(1, device="cuda")
+    assert not ops.fused("axial_attention", x, case="space-L4")          # forward only: SDPA measured faster
+    assert ops.fused("axial_attention", x.requires_grad_(), case="space-L4")  # with a backward: the kernel
+    assert ops.fused("axial_attention", x, case="time-L3")               # not measured: the kernel
+    with ops.use_backend("triton"):
+        assert ops.fused("axial_attention", x.detach(), case="space-L4")  # forced: never rerouted
+    torch.manual_seed(0)
+    model = Autoencoder(TINY_AE).cuda()
+    video = torch.rand(2, 3, 3, 8, 8, device="cuda") * 2 - 1
+    with torch.no_grad():
+        routed = model(video)
+        with ops.use_backend("reference"):
+            ref = model(video)
+        truth = model.double()(video.double())
+    assert_close_2x(routed, ref, truth, "autoencoder with space attention on SDPA")

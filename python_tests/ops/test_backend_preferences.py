@@ -75,3 +75,62 @@ def test_use_backend_can_force_a_subset_of_ops():
     with pytest.raises(ValueError, match="unknown op"):
         with dispatch.use_backend("triton", ops=["no_such_op"]):
             pass
+
+
+def test_sdpa_routes_from_benchmark_rows_per_case_and_pass():
+    kernels = _kernels_module()
+    rows = [
+        {"op": "axial_attention time+rot", "case": "time-L16", "dtype": "bfloat16", "pass": "fwd",
+         "backend": "triton", "ms": 1.0},
+        {"op": "axial_attention time+rot", "case": "time-L16", "dtype": "bfloat16", "pass": "fwd",
+         "backend": "sdpa flash", "ms": 2.0},
+        {"op": "axial_attention time+rot", "case": "time-L16", "dtype": "bfloat16", "pass": "fwd+bwd",
+         "backend": "triton", "ms": 5.0},
+        {"op": "axial_attention time+rot", "case": "time-L16", "dtype": "bfloat16", "pass": "fwd+bwd",
+         "backend": "sdpa cudnn", "ms": 4.0},
+        {"op": "axial_attention time+rot", "case": "time-L16", "dtype": "bfloat16", "pass": "fwd+bwd",
+         "backend": "sdpa efficient", "error": "refused"},
+        {"op": "axial_attention time+rot", "case": "time-L16", "dtype": "bfloat16", "pass": "fwd+bwd",
+         "backend": "torch.compile", "ms": 0.1},  # not a path the models take
+        {"op": "joint_attention", "case": "L2048", "dtype": "bfloat16", "pass": "fwd", "backend": "sdpa (auto)",
+         "ms": 3.0},
+        {"op": "joint_attention", "case": "L2048", "dtype": "bfloat16", "pass": "fwd", "backend": "triton",
+         "ms": 2.5},
+        {"op": "joint_attention", "case": "L128", "dtype": "bfloat16", "pass": "fwd", "backend": "triton",
+         "ms": 2.5},  # no SDPA row: no route
+    ]
+    prefs = kernels.preferences_from_rows(rows, "GPU")["GPU"]
+    assert prefs["axial_attention@time-L16"] == {"bfloat16": {"fwd": "triton", "fwd+bwd": "sdpa"}}
+    assert prefs["joint_attention@L2048"] == {"bfloat16": {"fwd": "triton"}}
+    assert "joint_attention@L128" not in prefs
+    assert prefs["axial_attention"]["bfloat16"] == ["triton"]  # the backend order is still recorded
+
+
+def test_sdpa_wins_by_case_pass_dtype_and_nearest_length():
+    prefs = {"joint_attention@L2048": {"bfloat16": {"fwd": "sdpa", "fwd+bwd": "triton"}},
+             "joint_attention@L128": {"bfloat16": {"fwd": "triton", "fwd+bwd": "sdpa"}},
+             "axial_attention@first-L17": {"bfloat16": {"fwd": "sdpa"}},
+             "axial_attention@time-L16": {"bfloat16": {"fwd": "triton"}}}
+    bf16 = torch.bfloat16
+    assert dispatch.sdpa_wins(prefs, "joint_attention", "L2048", bf16, grad=False)
+    assert not dispatch.sdpa_wins(prefs, "joint_attention", "L2048", bf16, grad=True)
+    assert not dispatch.sdpa_wins(prefs, "joint_attention", "L2048", torch.float16, grad=False)  # unmeasured
+    assert dispatch.sdpa_wins(prefs, "joint_attention", "L1500", bf16, grad=False)   # nearest: 2048
+    assert dispatch.sdpa_wins(prefs, "joint_attention", "L100", bf16, grad=True)     # nearest: 128
+    assert not dispatch.sdpa_wins(prefs, "joint_attention", "L100", bf16, grad=False)
+    assert dispatch.sdpa_wins(prefs, "axial_attention", "first-L33", bf16, grad=False)
+    assert not dispatch.sdpa_wins(prefs, "axial_attention", "sequence-L17", bf16, grad=False)  # other kind
+    assert not dispatch.sdpa_wins(prefs, "axial_attention", "time-L16", bf16, grad=False)
+    assert not dispatch.sdpa_wins(prefs, "axial_attention", "space", bf16, grad=False)
+    assert not dispatch.sdpa_wins({}, "axial_attention", "time-L16", bf16, grad=False)
+    assert dispatch._split_case("space-L1024") == ("space-", 1024) and dispatch._split_case("L7") == ("", 7)
+    assert dispatch._split_case("time") == ("time", None)
+
+
+def test_fused_never_reroutes_cpu_or_forced_calls(prefs_file):
+    dispatch.save_preferences({"cpu": {"axial_attention@time-L4": {"float32": {"fwd": "sdpa", "fwd+bwd": "sdpa"}}}})
+    x = torch.zeros(2, 4, 3 * 32)
+    assert not dispatch.fused("axial_attention", x, case="time-L4")  # CPU auto: the reference, as before
+    if dispatch.backend_unavailable_reason("triton", "cpu") is None:  # the interpreter
+        with dispatch.use_backend("triton"):
+            assert dispatch.fused("axial_attention", x, case="time-L4")
