@@ -32,7 +32,16 @@ def collect() -> dict:
         "gpus": gpus,
         "forced_backend": dispatch.forced_backend(),
         "ops": dispatch.describe(device_type=device, dtype=torch.bfloat16),
+        "sdpa_routes": _sdpa_routes(),
     }
+
+
+def _sdpa_routes() -> dict:
+    """The measured attention cases of this GPU: {"op@case": {dtype: {pass: winner}}}."""
+    if not torch.cuda.is_available():
+        return {}
+    measured = dispatch.load_preferences().get(torch.cuda.get_device_name(), {})
+    return {k: v for k, v in measured.items() if "@" in k}
 
 
 def format_info(info: dict) -> str:
@@ -52,4 +61,10 @@ def format_info(info: dict) -> str:
         lines.append(f"op {row['op']}: auto -> {row['auto']} (bf16)")
         for backend, status in row["backends"].items():
             lines.append(f"    {backend:9s} {status}")
+    routes = info.get("sdpa_routes") or {}
+    if routes:
+        lines.append(f"attention cases measured on this GPU ({dispatch.preferences_path()}):")
+        for key, by_dtype in sorted(routes.items()):
+            for dtype, by_pass in sorted(by_dtype.items()):
+                lines.append(f"    {key} {dtype}: " + ", ".join(f"{p} -> {w}" for p, w in sorted(by_pass.items())))
     return "\n".join(lines)

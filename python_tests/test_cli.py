@@ -25,6 +25,16 @@ def test_info_json_is_parseable(capsys):
     assert {row["op"] for row in info["ops"]} == set(dispatch.REGISTRY)
 
 
+
+def test_info_lists_the_attention_cases_measured_on_this_gpu():
+    from pvdm_fast import info
+
+    data = info.collect()
+    assert data["sdpa_routes"] == {} or all("@" in k for k in data["sdpa_routes"])
+    data["sdpa_routes"] = {"axial_attention@space-L1024": {"bfloat16": {"fwd": "sdpa", "fwd+bwd": "triton"}}}
+    text = info.format_info(data)
+    assert "axial_attention@space-L1024 bfloat16: fwd -> sdpa, fwd+bwd -> triton" in text
+
 def test_value_errors_become_exit_code_2_with_a_message(capsys, monkeypatch):
     def boom(args):
         raise ValueError("bad thing: do the other thing")
