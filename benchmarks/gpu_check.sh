@@ -2,13 +2,20 @@
 # One command for a lent GPU: build with the CUDA kernels, run every GPU-marked test, run the kernel
 # benchmarks, and write benchmarks/results/<gpu>-<short commit>.json (device, versions, commit,
 # every test outcome and every benchmark number). Also copied to $OUT when that is set.
-# Budget: under 9 minutes in all. Usage: bash benchmarks/gpu_check.sh [--quick]
+# Budget: under 9 minutes in all; the kernel benchmarks run right after the tests, so a run cut short
+# still has the numbers that decide the SDPA routes. Usage: bash benchmarks/gpu_check.sh [--quick]
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 quick="${1:-}"
-work="$(mktemp -d "${TMPDIR:-/tmp}/pvdm_gpu.XXXXXX")"
+# Under $OUT (the device tool's returned folder) every log lands where it comes back even if the
+# command is cut short; elsewhere a temporary folder.
+if [ -n "${OUT:-}" ]; then
+  work="$OUT/gpu_check_work"; mkdir -p "$work"
+else
+  work="$(mktemp -d "${TMPDIR:-/tmp}/pvdm_gpu.XXXXXX")"
+fi
 started=$(date +%s)
 
 export PVDM_CUDA="${PVDM_CUDA:-ON}"
@@ -33,8 +40,14 @@ python3 -c "import json, pvdm_fast.ops._ext as e; print(json.dumps(e.build_info(
 echo "== GPU tests"
 test_rc=0
 timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider --rootdir "$root" -c "$root/pyproject.toml" \
-  --junitxml="$work/gpu_tests.xml" "$root/python_tests" 2>&1 | tail -n 40 || true
+  --junitxml="$work/gpu_tests.xml" "$root/python_tests" 2>&1 | tee "$work/gpu_tests.log" | tail -n 40
 test_rc=${PIPESTATUS[0]}
+
+echo "== kernel benchmarks"
+bench_rc=0
+timeout 100 python3 "$root/benchmarks/kernels.py" ${quick:+--quick} --write-prefs --json "$work/kernels.json" \
+  2>&1 | tee "$work/kernels.log"
+bench_rc=${PIPESTATUS[0]}
 
 echo "== compute-sanitizer (memcheck, racecheck) on every CUDA kernel, forward and backward"
 san_rc=0
@@ -48,10 +61,6 @@ if [ -n "$sanitizer" ]; then
 else
   echo "compute-sanitizer not found"; san_rc=127
 fi
-
-echo "== kernel benchmarks"
-bench_rc=0
-timeout 100 python3 "$root/benchmarks/kernels.py" ${quick:+--quick} --write-prefs --json "$work/kernels.json" || bench_rc=$?
 
 for script in end_to_end.py; do
   if [ -f "$root/benchmarks/$script" ]; then
