@@ -45,14 +45,25 @@ def render(results: list[dict]) -> str:
                     r.get("clips_per_s", r.get("samples_per_s")),
                     r.get("peak_gib_per_clip", r.get("peak_gib")), r.get("largest_batch"), r.get("mfu"))) + " |")
             lines.append("")
-        kern = doc.get("benchmarks", {}).get("kernels", {}).get("rows", [])
+        kernels = doc.get("benchmarks", {}).get("kernels", {})
+        kern = kernels.get("rows", [])
         if kern:
-            lines += ["| kernel | shape | dtype | pass | backend | ms | GB/s | % of copy bandwidth |",
-                      "|---|---|---|---|---|---|---|---|"]
+            lines += ["| kernel | shape | dtype | pass | backend | ms | GB/s | % of copy bandwidth | TFLOP/s "
+                      "| speed-up vs best SDPA |", "|---|---|---|---|---|---|---|---|---|---|"]
             for r in kern:
                 if "ms" in r:
                     lines.append("| " + " | ".join(_fmt(r.get(k)) for k in (
-                        "op", "shape", "dtype", "pass", "backend", "ms", "GB/s", "pct_of_copy_bw")) + " |")
+                        "op", "shape", "dtype", "pass", "backend", "ms", "GB/s", "pct_of_copy_bw", "TFLOP/s",
+                        "speedup_vs_best_sdpa")) + " |")
+            lines.append("")
+        routes = [f"{key} ({dtype} {pass_})"
+                  for prefs in (kernels.get("backend_preferences") or {}).values()
+                  for key, by_dtype in sorted(prefs.items()) if "@" in key
+                  for dtype, by_pass in sorted(by_dtype.items()) for pass_, winner in sorted(by_pass.items())
+                  if winner == "sdpa"]
+        if kern:
+            lines.append("Attention cases where SDPA (copies included) beat the kernel, so `auto` runs the "
+                         "model's SDPA path: " + (", ".join(routes) if routes else "none") + ".")
             lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -47,11 +47,20 @@ def test_readme_table_renders_results_and_rewrites_only_its_block(tmp_path):
                 "clips_per_s": 2.0, "peak_gib_per_clip": 4.2, "largest_batch": 5, "mfu": 0.41}]},
                "kernels": {"rows": [{"op": "group_norm_silu", "shape": "16x256", "dtype": "bfloat16",
                                      "pass": "fwd", "backend": "cuda", "ms": 0.1, "GB/s": 2500.0,
-                                     "pct_of_copy_bw": 83.0}]}}}
+                                     "pct_of_copy_bw": 83.0},
+                                    {"op": "axial_attention space+rot", "case": "space-L1024", "dtype": "bfloat16",
+                                     "pass": "fwd", "backend": "triton", "ms": 0.2, "TFLOP/s": 410.0,
+                                     "speedup_vs_best_sdpa": 0.8}],
+                           "backend_preferences": {"NVIDIA H100": {
+                               "axial_attention": {"bfloat16": ["triton"]},
+                               "axial_attention@space-L1024": {"bfloat16": {"fwd": "sdpa", "fwd+bwd": "triton"}},
+                               "axial_attention@time-L16": {"bfloat16": {"fwd": "triton"}}}}}}}
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "h100-abc1234.json").write_text(json.dumps(doc))
     text = table.render(table.load_results(tmp_path / "results"))
     assert "NVIDIA H100" in text and "abc1234" in text and "| 4.2 |" in text and "| 83 |" in text
+    assert "| 410 | 0.8 |" in text
+    assert "the model's SDPA path: axial_attention@space-L1024 (bfloat16 fwd)." in text
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{table.START}\nold\n{table.END}\nafter\n")
     table.update_readme(readme, "NEW")
