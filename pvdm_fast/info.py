@@ -40,8 +40,11 @@ def _sdpa_routes() -> dict:
     """The measured attention cases of this GPU: {"op@case": {dtype: {pass: winner}}}."""
     if not torch.cuda.is_available():
         return {}
-    measured = dispatch.load_preferences().get(torch.cuda.get_device_name(), {})
-    return {k: v for k, v in measured.items() if "@" in k}
+    measured = dispatch._dig(dispatch.load_preferences(), torch.cuda.get_device_name())
+    if not isinstance(measured, dict):
+        return {}
+    return {k: {d: p for d, p in v.items() if isinstance(p, dict)} for k, v in measured.items()
+            if "@" in str(k) and isinstance(v, dict)}
 
 
 def format_info(info: dict) -> str:

@@ -171,10 +171,19 @@ def save_preferences(measured: dict, path: pathlib.Path | None = None) -> pathli
     return path
 
 
+def _dig(tree, *keys):
+    """tree[k1][k2]...; None where a level is missing or not a dict (a hand-edited or foreign file)."""
+    for key in keys:
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(key)
+    return tree
+
+
 def auto_order(op: str, gpu: str, dtype: torch.dtype) -> tuple[str, ...]:
     """The backends `auto` tries for `op` on this GPU model and dtype, fastest measured first."""
-    measured = load_preferences().get(gpu, {}).get(op, {}).get(str(dtype).replace("torch.", ""))
-    if not measured:
+    measured = _dig(load_preferences(), gpu, op, str(dtype).replace("torch.", ""))
+    if not isinstance(measured, list) or not measured:
         return AUTO_ORDER
     order = [b for b in measured if b in AUTO_ORDER]
     return tuple(order + [b for b in AUTO_ORDER if b not in order])
@@ -200,7 +209,7 @@ def fused(op: str, x: torch.Tensor, case: str | None = None) -> bool:
     if case is None or x.device.type != "cuda" or forced_backend(op) is not None:
         return True
     grad = torch.is_grad_enabled() and x.requires_grad
-    return not sdpa_wins(load_preferences().get(_gpu_name(x.device), {}), op, case, x.dtype, grad)
+    return not sdpa_wins(_dig(load_preferences(), _gpu_name(x.device)) or {}, op, case, x.dtype, grad)
 
 
 def _split_case(case: str) -> tuple[str, int | None]:
@@ -217,7 +226,10 @@ def sdpa_wins(gpu_prefs: dict, op: str, case: str, dtype: torch.dtype, grad: boo
     when a backward will follow, "fwd" otherwise. A case "<kind>L<length>" without its own measurement
     takes the measured length of the same kind nearest on a log scale; other unmeasured cases keep the
     kernel."""
-    measured = {k.split("@", 1)[1]: v for k, v in gpu_prefs.items() if k.startswith(op + "@")}
+    if not isinstance(gpu_prefs, dict):
+        return False
+    measured = {k.split("@", 1)[1]: v for k, v in gpu_prefs.items()
+                if isinstance(k, str) and k.startswith(op + "@") and isinstance(v, dict)}
     if case not in measured:
         kind, length = _split_case(case)
         near = {c: n for c, (k, n) in ((c, _split_case(c)) for c in measured) if k == kind and n is not None}

@@ -34,6 +34,19 @@ def test_a_corrupt_file_means_no_measurements(prefs_file):
     assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", torch.bfloat16) == dispatch.AUTO_ORDER
 
 
+def test_a_file_of_the_wrong_shape_means_no_measurements(prefs_file):
+    # valid JSON, but hand-edited or from something else: ignored, never a crash
+    for content in ('["a list"]', '{"NVIDIA H100": ["x"]}', '{"NVIDIA H100": {"group_norm_silu": "cuda"}}',
+                    '{"NVIDIA H100": {"group_norm_silu": {"bfloat16": "cuda"}}}'):
+        prefs_file.write_text(content)
+        dispatch._prefs = None
+        assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", torch.bfloat16) == dispatch.AUTO_ORDER
+    bf16 = torch.bfloat16
+    for gpu_prefs in (["x"], {"axial_attention@time-L16": "sdpa"}, {"axial_attention@time-L16": {"bfloat16": "sdpa"}},
+                      {5: {}}):
+        assert not dispatch.sdpa_wins(gpu_prefs, "axial_attention", "time-L16", bf16, grad=False)
+
+
 def test_saved_measurements_reorder_auto_per_gpu_op_and_dtype(prefs_file):
     dispatch.save_preferences({"NVIDIA H100": {"group_norm_silu": {"bfloat16": ["triton", "cuda"]}}})
     dispatch.save_preferences({"NVIDIA H100": {"group_norm_silu": {"float16": ["cuda"]}}})  # merged, not replaced
