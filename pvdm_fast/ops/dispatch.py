@@ -160,9 +160,15 @@ def save_preferences(measured: dict, path: pathlib.Path | None = None) -> pathli
         current = json.loads(path.read_text())
     except (OSError, ValueError):
         pass
+    if not isinstance(current, dict):
+        current = {}
     for gpu, ops in measured.items():
+        if not isinstance(current.get(gpu), dict):
+            current[gpu] = {}
         for op, by_dtype in ops.items():
-            current.setdefault(gpu, {}).setdefault(op, {}).update(by_dtype)
+            if not isinstance(current[gpu].get(op), dict):
+                current[gpu][op] = {}
+            current[gpu][op].update(by_dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(current, indent=1, sort_keys=True))

@@ -41,6 +41,11 @@ def test_a_file_of_the_wrong_shape_means_no_measurements(prefs_file):
         prefs_file.write_text(content)
         dispatch._prefs = None
         assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", torch.bfloat16) == dispatch.AUTO_ORDER
+    dispatch.save_preferences({"NVIDIA H100": {"group_norm_silu": {"bfloat16": ["triton", "cuda"]}}})  # repaired
+    assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", torch.bfloat16) == ("triton", "cuda")
+    prefs_file.write_text('["a list"]')
+    dispatch.save_preferences({"NVIDIA H100": {"group_norm_silu": {"bfloat16": ["triton"]}}})
+    assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", torch.bfloat16) == ("triton", "cuda")
     bf16 = torch.bfloat16
     for gpu_prefs in (["x"], {"axial_attention@time-L16": "sdpa"}, {"axial_attention@time-L16": {"bfloat16": "sdpa"}},
                       {5: {}}):
