@@ -1,8 +1,12 @@
-"""Regenerate the README's performance table from the committed results files.
+"""Regenerate the README's performance table, and the backend preferences shipped with the package,
+from the committed results files.
 
-    python benchmarks/readme_table.py          # rewrites the block between the perf-table markers
+    python benchmarks/readme_table.py   # rewrites the block between the perf-table markers and
+                                        # pvdm_fast/ops/measured_prefs.json
 
 Only numbers in benchmarks/results/*.json (written by gpu_check.sh, with device and commit) appear.
+The shipped preferences (fastest backend per op and dtype, and the attention cases SDPA won, per GPU
+model) let `auto` follow the project's measurements on those GPUs without a local benchmark run.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED_PREFS = ROOT / "pvdm_fast" / "ops" / "measured_prefs.json"
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 
 
@@ -88,9 +93,34 @@ def update_readme(readme: pathlib.Path, table: str) -> None:
     readme.write_text(f"{head}{START}\n{table}\n{END}{tail}")
 
 
+def shipped_preferences(results: list[dict]) -> dict:
+    """{gpu: {op or op@case: {dtype: ...}}} from the kernel benchmarks of the results (newest per device)."""
+    from pvdm_fast.ops.dispatch import merge_preferences
+
+    merged: dict = {}
+    for doc in results:
+        prefs = doc.get("benchmarks", {}).get("kernels", {}).get("backend_preferences")
+        if isinstance(prefs, dict):
+            merged = merge_preferences(merged, prefs)
+    return merged
+
+
+def write_shipped_preferences(prefs: dict, path: pathlib.Path) -> bool:
+    """Write `prefs` (when there are any); True when the file was written."""
+    if not prefs:
+        return False
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(prefs, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return True
+
+
 def main() -> int:
-    update_readme(ROOT / "README.md", render(load_results(ROOT / "benchmarks" / "results")))
+    results = load_results(ROOT / "benchmarks" / "results")
+    update_readme(ROOT / "README.md", render(results))
     print("README.md performance table updated")
+    if write_shipped_preferences(shipped_preferences(results), SHIPPED_PREFS):
+        print(f"{SHIPPED_PREFS.relative_to(ROOT)} updated: commit it with the results")
     return 0
 
 

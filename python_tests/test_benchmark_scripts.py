@@ -61,6 +61,11 @@ def test_readme_table_renders_results_and_rewrites_only_its_block(tmp_path):
     assert "NVIDIA H100" in text and "abc1234" in text and "| 4.2 |" in text and "| 83 |" in text
     assert "| 410 | 0.8 |" in text
     assert "the model's SDPA path: axial_attention@space-L1024 (bfloat16 fwd)." in text
+    shipped = table.shipped_preferences(table.load_results(tmp_path / "results"))
+    assert shipped == doc["benchmarks"]["kernels"]["backend_preferences"]
+    assert table.write_shipped_preferences(shipped, tmp_path / "prefs.json")
+    assert json.loads((tmp_path / "prefs.json").read_text()) == shipped
+    assert not table.write_shipped_preferences({}, tmp_path / "none.json") and not (tmp_path / "none.json").exists()
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{table.START}\nold\n{table.END}\nafter\n")
     table.update_readme(readme, "NEW")

@@ -137,43 +137,51 @@ def preferences_path() -> pathlib.Path:
 
 _prefs: dict | None = None
 _device_names: dict[int, str] = {}
+# Measurements shipped with the package (benchmarks/readme_table.py writes it from the committed
+# benchmarks/results/*.json of the project's GPU runs); the user's own file overrides it.
+SHIPPED_PREFS = pathlib.Path(__file__).with_name("measured_prefs.json")
+
+
+def _read_json_dict(path: pathlib.Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def merge_preferences(base: dict, measured: dict) -> dict:
+    """`base` updated with `measured` per (gpu, op, dtype); levels of the wrong shape are replaced."""
+    out = {gpu: {op: dict(v) for op, v in ops.items() if isinstance(v, dict)}
+           for gpu, ops in base.items() if isinstance(ops, dict)}
+    for gpu, ops in measured.items():
+        if not isinstance(ops, dict):
+            continue
+        for op, by_dtype in ops.items():
+            if isinstance(by_dtype, dict):
+                out.setdefault(gpu, {}).setdefault(op, {}).update(by_dtype)
+    return out
 
 
 def load_preferences(path: pathlib.Path | None = None) -> dict:
-    """Read the preferences file once; a missing or unreadable file means no measurements."""
+    """The shipped measurements overlaid with the user's preferences file, read once; a missing or
+    unreadable file means no measurements from it."""
     global _prefs
     if _prefs is None or path is not None:
-        try:
-            data = json.loads((path or preferences_path()).read_text())
-            _prefs = data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            _prefs = {}
+        _prefs = merge_preferences(_read_json_dict(SHIPPED_PREFS), _read_json_dict(path or preferences_path()))
     return _prefs
 
 
 def save_preferences(measured: dict, path: pathlib.Path | None = None) -> pathlib.Path:
-    """Merge `measured` ({gpu: {op: {dtype: order}}}) into the file, atomically; returns its path."""
+    """Merge `measured` ({gpu: {op: {dtype: order}}}) into the user's file, atomically; returns its path."""
     global _prefs
     path = path or preferences_path()
-    current: dict = {}
-    try:
-        current = json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
-    if not isinstance(current, dict):
-        current = {}
-    for gpu, ops in measured.items():
-        if not isinstance(current.get(gpu), dict):
-            current[gpu] = {}
-        for op, by_dtype in ops.items():
-            if not isinstance(current[gpu].get(op), dict):
-                current[gpu][op] = {}
-            current[gpu][op].update(by_dtype)
+    current = merge_preferences(_read_json_dict(path), measured)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
     os.replace(tmp, path)
-    _prefs = current
+    _prefs = merge_preferences(_read_json_dict(SHIPPED_PREFS), current)
     return path
 
 

@@ -162,6 +162,7 @@ def test_measured_sdpa_routes_apply_in_auto_mode_on_gpu(tmp_path, monkeypatch):
     from pvdm_fast.ops import dispatch
 
     monkeypatch.setenv("PVDM_BACKEND_PREFS", str(tmp_path / "prefs.json"))
+    monkeypatch.setattr(dispatch, "SHIPPED_PREFS", tmp_path / "no_shipped_prefs.json")
     monkeypatch.setattr(dispatch, "_prefs", None)
     gpu = torch.cuda.get_device_name()
     dispatch.save_preferences({gpu: {"axial_attention@space-L4": {"float32": {"fwd": "sdpa", "fwd+bwd": "triton"}}}})

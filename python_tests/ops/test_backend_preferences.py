@@ -1,5 +1,6 @@
 """`auto` follows measured speed: preferences written by the kernel benchmark, read by dispatch."""
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -14,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def prefs_file(tmp_path, monkeypatch):
     path = tmp_path / "prefs.json"
     monkeypatch.setenv("PVDM_BACKEND_PREFS", str(path))
+    monkeypatch.setattr(dispatch, "SHIPPED_PREFS", tmp_path / "no_shipped_prefs.json")  # independent of the repo's
     monkeypatch.setattr(dispatch, "_prefs", None)
     return path
 
@@ -23,6 +25,25 @@ def _kernels_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_shipped_measurements_apply_and_the_users_file_overrides_them(prefs_file, tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps({"NVIDIA H100": {
+        "group_norm_silu": {"bfloat16": ["triton", "cuda"], "float16": ["triton", "cuda"]},
+        "axial_attention@space-L1024": {"bfloat16": {"fwd": "sdpa"}}}}))
+    monkeypatch.setattr(dispatch, "SHIPPED_PREFS", shipped)
+    dispatch._prefs = None
+    bf16, fp16 = torch.bfloat16, torch.float16
+    assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", bf16) == ("triton", "cuda")
+    assert dispatch.sdpa_wins(dispatch.load_preferences()["NVIDIA H100"], "axial_attention", "space-L1024", bf16,
+                              grad=False)
+    dispatch.save_preferences({"NVIDIA H100": {"group_norm_silu": {"bfloat16": ["cuda", "triton"]}}})
+    assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", bf16) == ("cuda", "triton")  # the user's
+    assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", fp16) == ("triton", "cuda")  # still shipped
+    assert "axial_attention@space-L1024" not in json.loads(prefs_file.read_text())  # only the user's own
+    dispatch._prefs = None
+    assert dispatch.auto_order("group_norm_silu", "NVIDIA H100", bf16) == ("cuda", "triton")
 
 
 def test_without_measurements_the_static_order_applies(prefs_file):
