@@ -23,7 +23,8 @@ export PVDM_CUDA_ARCHS="${PVDM_CUDA_ARCHS:-90a-real}"
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo "${PVDM_COMMIT:-unknown}")"
 export PVDM_COMMIT="$commit"
 
-# Runtime dependencies the GPU box lacks (omegaconf, antlr4, av) travel as wheels in .whl/
+# Runtime dependencies the GPU image lacks (omegaconf, av) travel as wheels in .whl/: run
+# benchmarks/fetch_gpu_wheels.sh here first and give the device tool carry: [".whl"]
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
