@@ -4,6 +4,10 @@
 # every test outcome and every benchmark number). Also copied to $OUT when that is set.
 # Budget: under 9 minutes in all; the kernel benchmarks run right after the tests, so a run cut short
 # still has the numbers that decide the SDPA routes. Usage: bash benchmarks/gpu_check.sh [--quick]
+# With the device tool: bash benchmarks/fetch_gpu_wheels.sh here, then run
+#   PVDM_COMMIT=<short sha> PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh   (carry [".whl"], timeout ~560 s)
+# and back here copy the returned <gpu>-<commit>.json into benchmarks/results/, run
+# python benchmarks/readme_table.py (README table + pvdm_fast/ops/measured_prefs.json) and commit all three.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
