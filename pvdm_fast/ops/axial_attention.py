@@ -101,7 +101,8 @@ def axial_attention_reference(qkv: Tensor, heads: int, axis: str, rotary: Option
                               first_query_only: bool = False) -> Tuple[Tensor, Tensor]:
     """The plainest version, as the official model computes it: rotary in float32 (float64) rounded back
     to the input dtype, scores and p @ v as matmuls in the input dtype, softmax in float32 (float64).
-    extra_k / extra_v: (N, heads, d). Returns (output in qkv's dtype, LSE (N, heads, Lq))."""
+    extra_k / extra_v: (N, heads, d), or (1, heads, d) for one token shared by the N lines.
+    Returns (output in qkv's dtype, LSE (N, heads, Lq))."""
     cdt = _compute_dtype(qkv)
     q, k, v, lines = _split(qkv, heads, axis)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -109,8 +110,9 @@ def axial_attention_reference(qkv: Tensor, heads: int, axis: str, rotary: Option
         q = apply_rotary_reference(q.to(cdt), *rotary).to(qkv.dtype)
         k = apply_rotary_reference(k.to(cdt), *rotary).to(qkv.dtype)
     if extra_k is not None:
-        k = torch.cat([k, extra_k.to(k.dtype)[:, :, None]], dim=2)
-        v = torch.cat([v, extra_v.to(v.dtype)[:, :, None]], dim=2)
+        n = k.shape[0]
+        k = torch.cat([k, extra_k.to(k.dtype).expand(n, -1, -1)[:, :, None]], dim=2)
+        v = torch.cat([v, extra_v.to(v.dtype).expand(n, -1, -1)[:, :, None]], dim=2)
     if first_query_only:
         q = q[:, :, :1]
     s = (q @ k.transpose(-1, -2)).to(cdt) * scale
@@ -134,8 +136,9 @@ def axial_attention_backward_reference(dout: Tensor, qkv: Tensor, extra_k: Optio
     if rotary is not None:
         q, k = apply_rotary_reference(q, *rotary), apply_rotary_reference(k, *rotary)
     if extra_k is not None:
-        k = torch.cat([k, extra_k.to(cdt)[:, :, None]], dim=2)
-        v = torch.cat([v, extra_v.to(cdt)[:, :, None]], dim=2)
+        n = k.shape[0]
+        k = torch.cat([k, extra_k.to(cdt).expand(n, -1, -1)[:, :, None]], dim=2)
+        v = torch.cat([v, extra_v.to(cdt).expand(n, -1, -1)[:, :, None]], dim=2)
     qq = q[:, :, :1] if first_query_only else q
     p = torch.softmax((qq @ k.transpose(-1, -2)) * scale, dim=-1)
     n, _, lq, d = qq.shape
@@ -153,6 +156,8 @@ def axial_attention_backward_reference(dout: Tensor, qkv: Tensor, extra_k: Optio
     dek = dev = None
     if extra_k is not None:
         dek, dev, dk, dv = dk[:, :, length], dv[:, :, length], dk[:, :, :length], dv[:, :, :length]
+        if extra_k.shape[0] == 1:  # one token shared by every line: its gradient sums over them
+            dek, dev = dek.sum(0, keepdim=True), dev.sum(0, keepdim=True)
     if rotary is not None:
         cos, sin = (t.to(cdt) for t in rotary)
         dq, dk = (g * cos + swap_pairs(g * sin) for g in (dq, dk))
@@ -326,6 +331,10 @@ def _extra(t: Optional[Tensor], name: str, qkv: Tensor, lines: Tuple[int, ...], 
     except RuntimeError:
         raise ValueError(f"axial_attention: {name} of shape {tuple(t.shape)} does not broadcast to the lines "
                          f"x heads x head dim {(*lines, heads, d)}") from None
+    if all(n == 1 for n in t.shape[:-2]) and math.prod(lines) > 1:
+        # one token for every line: passed once as (1, heads, d), so its gradient is summed over the
+        # lines in float32 inside the op and rounded once, not rounded per line and then summed
+        return torch.broadcast_to(t, (*([1] * len(lines)), heads, d)).reshape(1, heads, d)
     return full.reshape(math.prod(lines), heads, d)
 
 
@@ -356,6 +365,9 @@ def axial_attention(qkv: Tensor, heads: int, axis: str, *, rotary: Optional[Tupl
     lines, length = lines_and_length(qkv.shape, axis)
     qkv = qkv.contiguous()
     ek, ev = _extra(extra_k, "extra_k", qkv, lines, heads, d), _extra(extra_v, "extra_v", qkv, lines, heads, d)
+    if ek is not None and ek.shape[0] != ev.shape[0]:  # one shared, the other per line: both per line
+        n = math.prod(lines)
+        ek, ev = ek.expand(n, -1, -1), ev.expand(n, -1, -1)
     cos, sin = _rotary(rotary, length, d, qkv)
     backend = dispatch.select(SPEC, qkv)
     out, _ = _attn_op(qkv, ek, ev, cos, sin, int(heads), axis, float(d ** -0.5 if scale is None else scale),

@@ -146,6 +146,28 @@ def test_fp16_extra_token_dominating_its_lines():
         for name, out, ref, t in zip(NAMES, got, same_dtype, truth):
             assert_close_2x(out, ref, t, f"triton fp16 {name}")
 
+
+def test_a_shared_extra_token_reaches_the_kernel_once(monkeypatch):
+    # A token shared by every line goes in as (1, heads, d): its gradient is summed over the lines in
+    # float32 inside the op and rounded once (per-line rounding then summing made d extra_k of the
+    # width case 2.3x torch's error in one fp16 draw of 100). Mixed shared/per-line stays per line.
+    import importlib
+
+    mod = importlib.import_module("pvdm_fast.ops.axial_attention")  # the module, not the function
+    seen, real = [], mod._attn_op
+    monkeypatch.setattr(mod, "_attn_op", lambda qkv, ek, ev, *rest: seen.append((ek.shape, ev.shape))
+                        or real(qkv, ek, ev, *rest))
+    g = _gen()
+    qkv = torch.randn(2, 3, 4, 5, 3 * 2 * 32, generator=g, requires_grad=True)
+    ek, ev = torch.randn(2, 32, generator=g, requires_grad=True), torch.randn(1, 1, 1, 2, 32, generator=g)
+    with use_backend("triton"):
+        axial_attention(qkv, 2, "width", extra_k=ek, extra_v=ev).sum().backward()
+        axial_attention(qkv, 2, "width", extra_k=ek, extra_v=torch.randn(2, 3, 4, 2, 32, generator=g))
+    assert seen == [((1, 2, 32), (1, 2, 32)), ((24, 2, 32), (24, 2, 32))]
+    ek2 = ek.detach().clone().requires_grad_()  # the reference, autograd through its shared-token expand
+    axial_attention_reference(qkv.detach(), 2, "width", None, None, ek2[None], ev.reshape(1, 2, 32))[0].sum().backward()
+    torch.testing.assert_close(ek.grad, ek2.grad, rtol=1e-5, atol=1e-5)
+
 def test_axes_read_the_grid_lines():
     # Each grid axis equals plain sequence attention on explicitly regrouped lines (an independent layout).
     g = _gen()

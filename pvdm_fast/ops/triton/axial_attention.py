@@ -8,12 +8,13 @@ log-sum-exp per query; the backward runs a dq kernel (which also writes delta = 
 dk/dv kernel, neither holding a score matrix beyond one tile. Where all keys fit one tile the dq kernel
 takes delta = rowsum(P * dP) in float32 from that tile instead (no O read, and exact where the stored,
 rounded O is not: dP - delta cancels when one key dominates a row); with one query per sequence every
-dot runs in float32 (ieee), which costs nothing at that size.
+dot runs in float32 (ieee) and delta is exact too (a first pass over the key tiles), which costs little
+at that size.
 
 Options compiled in as constexprs: adjacent-pair rotary on q and k (tables (L, d) cos and signed sin,
 applied in float32 after the load and undone on dq/dk), one extra key/value per sequence (the axis
-projections' appended token, given separately), and packing several short sequences into one tile
-(block-diagonal mask) so a 16-frame time axis still fills 64-row tiles.
+projections' appended token, given separately; per sequence or one shared by all), and packing several
+short sequences into one tile (block-diagonal mask) so a 16-frame time axis still fills 64-row tiles.
 """
 
 from __future__ import annotations
@@ -202,9 +203,18 @@ def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, EK, EV, DKE, DVE, COS, SIN,
             delta += pe * dpe
         dq = tl.dot((p * (dp - delta[:, None])).to(dt), k, input_precision=PREC)
     else:
-        ooff = _line_offset(nq, N_INNER, so_o, so_i) + h * so_h + posq * so_p
-        o = tl.load(O + ooff[:, None] + d[None, :] * so_d, mask=qmask, other=0.0).to(tl.float32)
-        delta = tl.sum(do * o, 1)
+        if F32:  # one query per sequence: a first pass over the key tiles for the exact delta is cheap
+            delta = tl.zeros([BM], dtype=tl.float32)
+            for kb in range(tl.cdiv(LK, BNP)):
+                k, p, dp = _dq_tile(q, do_d, lse2, vq, gq, K, V, COS, SIN, kb, n0, h, d, dm, sk_o, sk_i, sk_h,
+                                    sk_p, sk_d, NSEQ, N_INNER, LK, D, qk_scale, HAS_ROT, G, BNP, BD, PREC)
+                delta += tl.sum(p * dp, 1)
+            if HAS_EXTRA:
+                delta += pe * dpe
+        else:  # the usual rowsum(dO * O): a second pass would cost two more dots per tile pair
+            ooff = _line_offset(nq, N_INNER, so_o, so_i) + h * so_h + posq * so_p
+            o = tl.load(O + ooff[:, None] + d[None, :] * so_d, mask=qmask, other=0.0).to(tl.float32)
+            delta = tl.sum(do * o, 1)
         dq = tl.zeros([BM, BD], dtype=tl.float32)
         for kb in range(0, tl.cdiv(LK, BNP)):
             k, p, dp = _dq_tile(q, do_d, lse2, vq, gq, K, V, COS, SIN, kb, n0, h, d, dm, sk_o, sk_i, sk_h, sk_p,
@@ -346,13 +356,17 @@ def _extra_args(extra: Optional[Tuple[Tensor, Tensor]], dummy: Tensor) -> Tuple[
     ek, ev = extra
     if tuple(ek.stride()) != tuple(ev.stride()):
         ek, ev = ek.contiguous(), ev.contiguous()
-    return ek, ev, tuple(ek.stride())
+    strides = tuple(ek.stride())
+    if ek.shape[0] == 1:  # one token shared by every sequence
+        strides = (0,) + strides[1:]
+    return ek, ev, strides
 
 
 def forward(q: Operand, k: Operand, v: Operand, out: Operand, p: Problem, extra: Optional[Tuple[Tensor, Tensor]],
             rotary: Optional[Tuple[Tensor, Tensor]], scale: float) -> Tensor:
     """Writes the attention output into `out` and returns the natural-log LSE (n_seq, heads, lq), fp32.
-    `extra`: (k, v) of shape (n_seq, heads, dim), any strides; `rotary`: (cos, signed sin) (lk, dim) fp32."""
+    `extra`: (k, v) of shape (n_seq, heads, dim), or (1, heads, dim) for one token shared by every
+    sequence, any strides; `rotary`: (cos, signed sin) (lk, dim) fp32."""
     if k.strides != v.strides:
         raise ValueError("strided attention: k and v must share strides")
     lse = torch.empty((p.n_seq, p.heads, p.lq), device=q.tensor.device, dtype=torch.float32)
@@ -375,8 +389,8 @@ def forward(q: Operand, k: Operand, v: Operand, out: Operand, p: Problem, extra:
 def backward(q: Operand, k: Operand, v: Operand, out: Operand, dout: Operand, dq: Operand, dk: Operand,
              dv: Operand, lse: Tensor, p: Problem, extra: Optional[Tuple[Tensor, Tensor]],
              rotary: Optional[Tuple[Tensor, Tensor]], scale: float) -> Optional[Tuple[Tensor, Tensor]]:
-    """Writes dq, dk, dv (dq/dk/dv share q/k/v's strides); returns the extra token's (dk, dv)
-    (n_seq, heads, dim) fp32 when `extra` is given."""
+    """Writes dq, dk, dv (dq/dk/dv share q/k/v's strides); returns the extra token's (dk, dv) fp32, shaped
+    like it ((n_seq or 1, heads, dim)), when `extra` is given."""
     if k.strides != v.strides or dq.strides != q.strides or dk.strides != k.strides or dv.strides != k.strides:
         raise ValueError("strided attention backward: gradients must share their inputs' strides")
     dev = q.tensor.device
@@ -407,4 +421,6 @@ def backward(q: Operand, k: Operand, v: Operand, out: Operand, dout: Operand, dq
             num_warps=_warps(g * bnp, bd), **common)
     if extra is None:
         return None
+    if extra[0].shape[0] == 1:  # shared token: summed over the sequences in float32
+        return dke.sum((0, 2)).unsqueeze(0), dve.sum((0, 2)).unsqueeze(0)
     return dke.sum(2), dve.sum(2)
