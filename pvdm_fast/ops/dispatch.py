@@ -126,7 +126,8 @@ def register(spec: OpSpec) -> OpSpec:
     return spec
 
 
-# ---- measured preferences: {gpu name: {op: {dtype name: [backends, fastest first]}}}
+# ---- measured preferences: {gpu name: {op: {dtype name: [backends, fastest first]},
+#                                        "op@case": {dtype name: {pass: "sdpa" or backend}}}}
 
 def preferences_path() -> pathlib.Path:
     env = os.environ.get("PVDM_BACKEND_PREFS")
@@ -214,8 +215,8 @@ def fused(op: str, x: torch.Tensor, case: str | None = None) -> bool:
     """Whether `op` would run a fused kernel (not the PyTorch reference) on `x`. Model code uses this
     where its own plain path (e.g. SDPA) beats the op's reference, which is written for clarity.
 
-    `case` names the kind of call (e.g. "time" or "space" attention, "L2048" for a joint attention
-    over 2048 tokens): where the kernel benchmark measured SDPA (with the copies it needs) faster than
+    `case` names the kind of call and its length (e.g. "time-L16" or "space-L1024" attention, "L2048"
+    for a joint attention over 2048 tokens): where the kernel benchmark measured SDPA (with the copies it needs) faster than
     the fused kernel for that case on this GPU and dtype, auto answers False so the model takes its
     SDPA path. A forced backend (PVDM_BACKEND, use_backend) is never rerouted."""
     if select(REGISTRY[op], x) == "reference":
