@@ -101,6 +101,11 @@ def all_rows(quick: bool = False) -> list[dict]:
     return rows
 
 
+def _op_name(row: dict, names: list[str]) -> str | None:
+    """The registered op a row measures ("axial_attention time+rot" -> "axial_attention"); names longest first."""
+    return next((n for n in names if str(row.get("op", "")).startswith(n)), None)
+
+
 def preferences_from_rows(rows: list[dict], gpu: str) -> dict:
     """{gpu: {op: {dtype: [fused backends, fastest first]}}} from the measured rows: per op and dtype,
     the total fwd+bwd time over all shapes (fwd where no backward was timed)."""
@@ -111,7 +116,7 @@ def preferences_from_rows(rows: list[dict], gpu: str) -> dict:
     for r in rows:
         if "ms" not in r or r.get("backend") not in dispatch.AUTO_ORDER:
             continue
-        op = next((n for n in names if str(r.get("op", "")).startswith(n)), None)
+        op = _op_name(r, names)
         if op is None:
             continue
         key = (op, r.get("dtype"))
@@ -138,7 +143,7 @@ def sdpa_routes(rows: list[dict], names: list[str]) -> dict:
     for r in rows:
         if "ms" not in r or "case" not in r:
             continue
-        op = next((n for n in names if str(r.get("op", "")).startswith(n)), None)
+        op = _op_name(r, names)
         backend = str(r.get("backend", ""))
         kind = "sdpa" if backend.startswith("sdpa") else backend if backend in dispatch.AUTO_ORDER else None
         if op is None or kind is None:

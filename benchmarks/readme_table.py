@@ -107,11 +107,11 @@ def shipped_preferences(results: list[dict]) -> dict:
 
 def write_shipped_preferences(prefs: dict, path: pathlib.Path) -> bool:
     """Write `prefs` (when there are any); True when the file was written."""
+    from pvdm_fast._atomic import atomic_write
+
     if not prefs:
         return False
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(prefs, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(prefs, indent=1, sort_keys=True) + "\n"))
     return True
 
 

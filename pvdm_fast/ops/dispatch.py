@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pvdm_fast._atomic import atomic_write
 from pvdm_fast.ops import _ext
 
 BACKENDS = ("reference", "triton", "cuda")
@@ -179,9 +180,7 @@ def save_preferences(measured: dict, path: pathlib.Path | None = None) -> pathli
     path = path or preferences_path()
     current = merge_preferences(_read_json_dict(path), measured)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(current, indent=1, sort_keys=True)))
     _prefs = merge_preferences(_read_json_dict(SHIPPED_PREFS), current)
     return path
 
