@@ -19,6 +19,7 @@ short sequences into one tile (block-diagonal mask) so a 16-frame time axis stil
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -28,6 +29,7 @@ import triton.language as tl
 from torch import Tensor
 
 from pvdm_fast.ops import _ext
+from pvdm_fast.ops.triton import _fit
 
 LOG2E = 1.4426950408889634
 
@@ -280,6 +282,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, COS, SIN,
     tl.store(DV + koff[:, None] + d[None, :] * sk_d, dv.to(DV.dtype.element_ty), mask=kmask)
 
 
+_fit.staged(_attn_fwd)
+_fit.staged(_attn_bwd_dq)
+_fit.staged(_attn_bwd_dkdv)
+
 # ---- launchers
 
 Strides = Tuple[int, int, int, int, int]  # outer, inner, head, position, dim (elements)
@@ -333,8 +339,47 @@ def _f32_math(p: Problem) -> bool:
     return p.lq == 1
 
 
-def _warps(rows: int, bd: int) -> int:
+def _warps(rows: int, bd: int, backward: bool = False) -> int:
+    """Warps per program. The backward kernels hold two float32 accumulators beside P, dP and dS: at 64
+    tile rows and head dim 64 or more, four warps need over 255 registers a thread and spill (dk/dv of the
+    base time and space axes, 48-72 bytes a thread; 816 at head dim 128, sm_90). Eight warps do not spill
+    at head dim 64 and spill 64 bytes at 128, and the multiprocessor holds as many warps or more
+    (benchmarks/triton_compile.py). The timing of both is in the kernel benchmark's sweep rows."""
+    if backward:
+        return TUNING["backward_warps"] or (8 if rows * bd >= 64 * 64 else 4)
     return 8 if rows * bd >= 128 * 64 else 4
+
+
+# Launch settings that override the rules in _stages and _warps, for measurements only: the kernel
+# benchmark times the attention cases at other settings through tuning() (benchmarks/kernels_attention.py).
+TUNING: dict = {"num_stages": None, "backward_warps": None}
+
+
+@contextlib.contextmanager
+def tuning(num_stages: Optional[int] = None, backward_warps: Optional[int] = None):
+    """Within the block: kernels whose main loop runs more than once are compiled with `num_stages` stages,
+    the backward kernels with `backward_warps` warps (None: the usual rule)."""
+    old = dict(TUNING)
+    TUNING.update(num_stages=num_stages, backward_warps=backward_warps)
+    try:
+        yield
+    finally:
+        TUNING.update(old)
+
+
+def _stages(trips: int) -> int:
+    """Software-pipelining depth of a kernel whose main loop runs `trips` times. A single trip (every key,
+    or every query, of the tile's sequences in one block: the time axis, the axis projections) has
+    nothing to overlap, and a deeper pipeline only multiplies the shared-memory buffers of K, V and the
+    rotary tables: at the base time axis (bf16, d 64) 120 KB and 129 KB per program for the forward and
+    dk/dv kernels against 228 KB per multiprocessor, so one program per multiprocessor
+    (benchmarks/triton_compile.py)."""
+    return 1 if trips == 1 else (TUNING["num_stages"] or 3)
+
+
+def _index(t: Tensor) -> int:
+    return t.device.index if t.is_cuda and t.device.index is not None else (
+        torch.cuda.current_device() if t.is_cuda else -1)
 
 
 class _device:
@@ -372,17 +417,17 @@ def forward(q: Operand, k: Operand, v: Operand, out: Operand, p: Problem, extra:
     lse = torch.empty((p.n_seq, p.heads, p.lq), device=q.tensor.device, dtype=torch.float32)
     g, bmp, bnp, bd = _tiles(p, backward=False)
     f32 = _f32_math(p)
-    nqb = triton.cdiv(p.lq, bmp)
+    nqb, nkb = triton.cdiv(p.lq, bmp), triton.cdiv(p.lk, bnp)
     ek, ev, es = _extra_args(extra, lse)
     cos, sin = rotary if rotary is not None else (lse, lse)
     grid = (triton.cdiv(p.n_seq, g) * p.heads * nqb,)
     with _device(q.tensor):
-        _attn_fwd[grid](q.tensor, k.tensor, v.tensor, out.tensor, lse, ek, ev, cos, sin,
-                        *q.strides, *k.strides, *out.strides, *es,
-                        p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nqb, scale * LOG2E,
-                        HAS_EXTRA=extra is not None, HAS_ROT=rotary is not None, G=g, BMP=bmp, BNP=bnp, BD=bd,
-                        PREC="ieee" if f32 else _precision(q.tensor.dtype), F32=f32,
-                        num_warps=_warps(g * bmp, bd))
+        _fit.launch(_attn_fwd, grid, (q.tensor, k.tensor, v.tensor, out.tensor, lse, ek, ev, cos, sin,
+                                      *q.strides, *k.strides, *out.strides, *es,
+                                      p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nqb, scale * LOG2E),
+                    _index(q.tensor), _stages(nkb),
+                    HAS_EXTRA=extra is not None, HAS_ROT=rotary is not None, G=g, BMP=bmp, BNP=bnp, BD=bd,
+                    PREC="ieee" if f32 else _precision(q.tensor.dtype), F32=f32, num_warps=_warps(g * bmp, bd))
     return lse
 
 
@@ -409,16 +454,17 @@ def backward(q: Operand, k: Operand, v: Operand, out: Operand, dout: Operand, dq
     common = dict(HAS_ROT=rotary is not None, G=g, BMP=bmp, BNP=bnp, BD=bd, PREC=prec, F32=f32)
     lse = lse.contiguous()
     with _device(q.tensor):
-        _attn_bwd_dq[(triton.cdiv(p.n_seq, g) * p.heads * nqb,)](
-            q.tensor, k.tensor, v.tensor, out.tensor, dout.tensor, dq.tensor, lse, delta, ek, ev, dke, dve,
-            cos, sin, *q.strides, *k.strides, *out.strides, *dout.strides, *es,
-            p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nqb, scale * LOG2E, scale,
-            HAS_EXTRA=extra is not None, ONE_KB=nkb == 1, num_warps=_warps(g * bmp, bd), **common)
-        _attn_bwd_dkdv[(triton.cdiv(p.n_seq, g) * p.heads * nkb,)](
-            q.tensor, k.tensor, v.tensor, dout.tensor, dk.tensor, dv.tensor, lse, delta, cos, sin,
-            *q.strides, *k.strides, *dout.strides,
-            p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nkb, scale * LOG2E, scale,
-            num_warps=_warps(g * bnp, bd), **common)
+        _fit.launch(_attn_bwd_dq, (triton.cdiv(p.n_seq, g) * p.heads * nqb,),
+                    (q.tensor, k.tensor, v.tensor, out.tensor, dout.tensor, dq.tensor, lse, delta, ek, ev, dke, dve,
+                     cos, sin, *q.strides, *k.strides, *out.strides, *dout.strides, *es,
+                     p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nqb, scale * LOG2E, scale),
+                    _index(q.tensor), _stages(nkb),
+                    HAS_EXTRA=extra is not None, ONE_KB=nkb == 1, num_warps=_warps(g * bmp, bd, True), **common)
+        _fit.launch(_attn_bwd_dkdv, (triton.cdiv(p.n_seq, g) * p.heads * nkb,),
+                    (q.tensor, k.tensor, v.tensor, dout.tensor, dk.tensor, dv.tensor, lse, delta, cos, sin,
+                     *q.strides, *k.strides, *dout.strides,
+                     p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nkb, scale * LOG2E, scale),
+                    _index(q.tensor), _stages(nqb), num_warps=_warps(g * bnp, bd, True), **common)
     if extra is None:
         return None
     if extra[0].shape[0] == 1:  # shared token: summed over the sequences in float32

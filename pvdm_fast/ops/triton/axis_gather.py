@@ -92,8 +92,12 @@ def _geometry(x, grid, axis):
 
 
 def _block(c: int, lines: int) -> tuple[int, int]:
+    """(lines, channels) a program holds: 4096 values, or 1024 when C is not a multiple of 16 (unaligned
+    rows: per-element addresses; at C 37 a 32 x 64 tile takes 255 registers a thread in the backward,
+    16 x 64 takes 154; sm_90, benchmarks/triton_compile.py)."""
     block_c = triton.next_power_of_2(c)
-    return max(1, min(32, 4096 // block_c, triton.next_power_of_2(lines))), block_c
+    values = 4096 if c % 16 == 0 else 1024
+    return max(1, min(32, values // block_c, triton.next_power_of_2(lines))), block_c
 
 
 def forward(x, token, pos, norm_weight, norm_bias, grid, axis, eps):
