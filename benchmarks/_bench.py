@@ -26,6 +26,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+# Which competitors a run times: "all"; "fast" leaves out torch.compile, whose compiling takes minutes on a
+# fresh machine; "compiled" times only torch.compile (kernels.py runs "fast" first, then "compiled", and
+# writes its JSON after each step, so a run cut short keeps the rows that decide `auto`).
+PHASE = ["all"]
+
+
+def measured(name: str) -> bool:
+    """Whether the current phase times the competitor called `name`."""
+    if PHASE[0] == "all":
+        return True
+    return (name == "torch.compile") == (PHASE[0] == "compiled")
+
+
 def require_gpu(script: str) -> bool:
     """True when a CUDA device is visible; otherwise prints why the script does nothing."""
     if torch.cuda.is_available():

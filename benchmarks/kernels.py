@@ -1,10 +1,13 @@
 """Kernel micro-benchmarks: every fused op against torch eager and torch.compile of its reference.
 
-    python benchmarks/kernels.py [--quick] [--json PATH]
+    python benchmarks/kernels.py [--quick] [--json PATH] [--write-prefs] [--no-compile]
 
 Memory-bound ops report GB/s (bytes that must move: inputs read once, outputs written once) and the
 percentage of the device's measured copy bandwidth; attention reports TFLOP/s. This file holds the
 GroupNorm+SiLU entry; every `benchmarks/kernels_<op>.py` module's `rows()` is added to the table.
+The fused kernels and SDPA of every op are timed before any torch.compile row (compiling takes minutes
+on a fresh machine), and the JSON (and the preferences) are rewritten after each op, so a run stopped
+early keeps what it measured ("complete": false).
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def group_norm_silu_rows(quick: bool = False) -> list[dict]:
         def ref(xx, ww, bb, sc, sh):
             return group_norm_silu_reference(xx, ww, bb, sc, sh, segments)[0]
 
-        compiled = torch.compile(ref, dynamic=False)
+        compiled = torch.compile(ref, dynamic=False) if _bench.measured("torch.compile") else None
 
         def fused_with(backend):
             def run(xx, ww, bb, sc, sh):
@@ -68,6 +71,8 @@ def group_norm_silu_rows(quick: bool = False) -> list[dict]:
         # fwd moves x in + y out; fwd+bwd adds dy in, x re-read, dx out (params are negligible)
         for pass_, nbytes in (("fwd", 2 * x.numel() * elt), ("fwd+bwd", 5 * x.numel() * elt)):
             for name, fn in impls.items():
+                if not _bench.measured(name):
+                    continue
                 if pass_ == "fwd":
                     def call(fn=fn):
                         return fn(x, w, bias, scale, shift)
@@ -89,15 +94,25 @@ def group_norm_silu_rows(quick: bool = False) -> list[dict]:
     return rows
 
 
-def all_rows(quick: bool = False) -> list[dict]:
-    rows = group_norm_silu_rows(quick)
+def all_rows(quick: bool = False, done=None) -> list[dict]:
+    """Every op's rows; `done(rows so far)` is called after each op. In the "all" phase the fused kernels
+    and SDPA of every op are timed first ("fast"), torch.compile afterwards ("compiled")."""
+    phases = ["fast", "compiled"] if _bench.PHASE[0] == "all" else [_bench.PHASE[0]]
+    rows: list[dict] = []
     here = pathlib.Path(__file__).resolve().parent
-    for path in sorted(here.glob("kernels_*.py")):
-        module = importlib.import_module(path.stem)
-        try:
-            rows.extend(module.rows(quick))
-        except Exception as exc:  # report and continue: one broken op must not hide the others
-            rows.append(dict(op=path.stem, error=f"{type(exc).__name__}: {exc}"[:200]))
+    try:
+        for phase in phases:
+            _bench.PHASE[0] = phase
+            for name, make in [("group_norm_silu", group_norm_silu_rows)] + [
+                    (path.stem, importlib.import_module(path.stem).rows) for path in sorted(here.glob("kernels_*.py"))]:
+                try:
+                    rows.extend(make(quick))
+                except Exception as exc:  # report and continue: one broken op must not hide the others
+                    rows.append(dict(op=name, phase=phase, error=f"{type(exc).__name__}: {exc}"[:200]))
+                if done is not None:
+                    done(rows)
+    finally:
+        _bench.PHASE[0] = "all" if len(phases) > 1 else phases[0]
     return rows
 
 
@@ -164,19 +179,30 @@ def main(argv=None) -> int:
     p = _bench.parser(__doc__.splitlines()[0])
     p.add_argument("--write-prefs", action="store_true",
                    help="record the fastest backend per op and dtype for `auto` (see pvdm_fast.ops.dispatch)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows (minutes of compiling)")
     args = p.parse_args(argv)
     if not _bench.require_gpu("kernels.py"):
         return 0
-    rows = all_rows(args.quick)
+    if args.no_compile:
+        _bench.PHASE[0] = "fast"
+
+    def save(rows: list[dict], final: bool = False) -> dict:
+        prefs = preferences_from_rows(rows, _bench.device_name())
+        if args.write_prefs and prefs:
+            from pvdm_fast.ops import dispatch
+
+            path = dispatch.save_preferences(prefs)
+            if final:
+                print(f"backend preferences written to {path}: {prefs}")
+        _bench.write_json(args.json, rows, copy_bandwidth_gbs=_bench.copy_bandwidth_gbs(), backend_preferences=prefs,
+                          complete=final)
+        return prefs
+
+    rows = all_rows(args.quick, done=save)
     print(f"device: {_bench.device_name()}   measured copy bandwidth: "
           f"{_bench.copy_bandwidth_gbs():.0f} GB/s")
     _bench.print_table(rows)
-    prefs = preferences_from_rows(rows, _bench.device_name())
-    if args.write_prefs and prefs:
-        from pvdm_fast.ops import dispatch
-
-        print(f"backend preferences written to {dispatch.save_preferences(prefs)}: {prefs}")
-    _bench.write_json(args.json, rows, copy_bandwidth_gbs=_bench.copy_bandwidth_gbs(), backend_preferences=prefs)
+    save(rows, final=True)
     return 0
 
 

@@ -26,6 +26,34 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _bench  # noqa: E402
+from pvdm_fast.ops.triton.axial_attention import tuning  # noqa: E402
+
+# Launch settings timed besides the launcher's own (rows "triton num_stages=N", "triton backward_warps=N";
+# informational, `auto` does not read them): other pipelining depths where the kernels loop more than
+# once, and the four backward warps used before the register counts of benchmarks/triton_compile.py.
+SWEEP_STAGES = (2, 4)
+SWEEP_BACKWARD_WARPS = (4,)
+
+
+def _tuned(fn, **settings):
+    def run(x):
+        return fn(x)
+    run.tuning = settings
+    return run
+
+
+def sweep_settings(multi_trip: bool) -> list[dict]:
+    """The tuning() settings timed for one case besides the default."""
+    stages = [dict(num_stages=n) for n in SWEEP_STAGES] if multi_trip else []
+    return stages + [dict(backward_warps=n) for n in SWEEP_BACKWARD_WARPS]
+
+
+def _triton_impls(fused, multi_trip: bool) -> dict:
+    impls = {"triton": fused}
+    for settings in sweep_settings(multi_trip):
+        name = " ".join(f"{k}={v}" for k, v in settings.items())
+        impls[f"triton {name}"] = _tuned(fused, **settings)
+    return impls
 
 
 # ---- the reference paths SDPA needs (copies included)
@@ -103,15 +131,19 @@ def _measure(op, case, shape, dtype, impls, make_input, flops_f, bytes_f, bytes_
     out0 = impls["sdpa (auto)"](x0)
     dout = torch.randn_like(out0)
     for name, fn in impls.items():
+        if not _bench.measured(name):
+            continue
         xg = x0.detach().clone().requires_grad_(True)
         for pass_ in ("fwd", "fwd+bwd"):
+            settings = getattr(fn, "tuning", {})
             if pass_ == "fwd":
-                def call(fn=fn):
-                    with torch.no_grad():
+                def call(fn=fn, settings=settings):
+                    with torch.no_grad(), tuning(**settings):
                         return fn(x0)
             else:
-                def call(fn=fn, xg=xg):
-                    torch.autograd.backward(fn(xg), dout)
+                def call(fn=fn, xg=xg, settings=settings):
+                    with tuning(**settings):
+                        torch.autograd.backward(fn(xg), dout)
             flops = flops_f if pass_ == "fwd" else 3.5 * flops_f
             nbytes = bytes_f if pass_ == "fwd" else bytes_f + bytes_b
             row = {"op": op, "case": case, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "pass": pass_,
@@ -144,7 +176,8 @@ def _sdpa_impls(path):
 
     return {"sdpa (auto)": path, "sdpa flash": forced(SDPBackend.FLASH_ATTENTION),
             "sdpa efficient": forced(SDPBackend.EFFICIENT_ATTENTION),
-            "sdpa cudnn": forced(SDPBackend.CUDNN_ATTENTION), "torch.compile": torch.compile(path, dynamic=False)}
+            "sdpa cudnn": forced(SDPBackend.CUDNN_ATTENTION),
+            "torch.compile": torch.compile(path, dynamic=False) if _bench.measured("torch.compile") else None}
 
 
 def rows(quick: bool = False) -> list[dict]:
@@ -165,7 +198,7 @@ def rows(quick: bool = False) -> list[dict]:
                 return ops.axial_attention(x, heads, axis, rotary=rotary, first_query_only=first)
 
         impls = {**_sdpa_impls(lambda x, heads=heads, axis=axis, rotary=rotary, first=first:
-                               _axial_sdpa(x, heads, axis, rotary, first)), "triton": fused}
+                               _axial_sdpa(x, heads, axis, rotary, first)), **_triton_impls(fused, length > 64)}
         elt = torch.finfo(dtype).bits // 8
         qkv_bytes = n * length * 3 * heads * d * elt
         out_bytes = n * lq * heads * d * elt
@@ -180,7 +213,7 @@ def rows(quick: bool = False) -> list[dict]:
             with ops.use_backend("triton"):
                 return ops.joint_attention(x, heads)
 
-        impls = {**_sdpa_impls(lambda x, heads=heads: _joint_sdpa(x, heads)), "triton": fused_joint}
+        impls = {**_sdpa_impls(lambda x, heads=heads: _joint_sdpa(x, heads)), **_triton_impls(fused_joint, length > 64)}
         elt = torch.finfo(dtype).bits // 8
         qkv_bytes, out_bytes = b * 3 * c * length * elt, b * c * length * elt
         out_rows += _measure(case["op"], f"L{length}", f"B{b} C{c} L{length} {heads} heads", dtype, impls,

@@ -35,6 +35,8 @@ def _time_pair(fwd, bwd_inputs):
 def _rows_for(op, shape, nbytes_f, nbytes_b, candidates, copy_gbs, dtype):
     rows = []
     for backend, fwd, grads in candidates:
+        if not _bench.measured(backend):
+            continue
         try:
             ms_f, ms_fb = _time_pair(fwd, grads)
         except Exception as exc:  # a backend missing on this device is a row, not a crash

@@ -118,3 +118,33 @@ def test_official_style_baseline_computes_our_function_and_the_comparison_runs(t
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["autoencoder", "autoencoder (official-style)"]
     assert rows[0]["speedup_vs_official_style"] > 0
+
+
+def test_kernel_benchmark_times_torch_compile_last_and_saves_after_each_op(monkeypatch):
+    import types
+
+    kernels = _load("kernels")
+    calls = []
+
+    def fake_rows(name, fail=False):
+        def rows(quick):
+            phase = kernels._bench.PHASE[0]
+            calls.append((name, phase))
+            if fail and phase == "fast":
+                raise RuntimeError("boom")
+            return [{"op": name, "backend": b} for b in ("triton", "torch.compile") if kernels._bench.measured(b)]
+        return rows
+
+    modules = {"kernels_attention": types.SimpleNamespace(rows=fake_rows("attn", fail=True)),
+               "kernels_triplane": types.SimpleNamespace(rows=fake_rows("tri"))}
+    monkeypatch.setattr(kernels, "group_norm_silu_rows", fake_rows("gn"))
+    monkeypatch.setattr(kernels, "importlib", types.SimpleNamespace(import_module=modules.__getitem__))
+    saved = []
+    rows = kernels.all_rows(done=lambda r: saved.append(len(r)))
+    assert calls == [("gn", "fast"), ("attn", "fast"), ("tri", "fast"),
+                     ("gn", "compiled"), ("attn", "compiled"), ("tri", "compiled")]
+    assert [r.get("backend") for r in rows] == ["triton", None, "triton", "torch.compile", "torch.compile",
+                                                "torch.compile"]
+    assert rows[1]["op"] == "kernels_attention" and rows[1]["error"].startswith("RuntimeError: boom")
+    assert saved == [1, 2, 3, 4, 5, 6]  # the JSON is rewritten after every op
+    assert kernels._bench.PHASE[0] == "all"
