@@ -1,6 +1,6 @@
 """Triton kernels compiled for real GPU targets without a GPU: every launch the GPU tests and benchmarks make.
 
-    python benchmarks/triton_compile.py [--quick] [--arch 90 --arch 80] [--cases tests,bench] [--json PATH]
+    python benchmarks/triton_compile.py [--quick] [--arch 90 --arch 80] [--cases tests,bench,models] [--json PATH]
 
 The CPU test suite runs the Triton kernels in the interpreter, which accepts programs the GPU
 compiler rejects (dot shapes and dtypes, layouts) and knows nothing of registers or shared memory.
@@ -69,8 +69,24 @@ _RECORDED: list[Launch] = []
 _SOURCE = ["?"]
 
 
+class _Pointer:
+    """What Triton's specialisation reads of a tensor argument (its dtype and address, for the 16-byte
+    alignment attribute), kept instead of the tensor so recording a model does not hold its memory."""
+
+    def __init__(self, t: torch.Tensor):
+        self.dtype, self._ptr = t.dtype, t.data_ptr()
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+    @staticmethod
+    def ptr_range() -> int:
+        return 0
+
+
 def _record(self, *args, grid, warmup, **kwargs):
     grid = grid(dict(zip(self.arg_names, args))) if callable(grid) else grid
+    args = tuple(_Pointer(a) if isinstance(a, torch.Tensor) else a for a in args)
     _RECORDED.append(Launch(self, args, dict(kwargs), tuple(grid), _SOURCE[0]))
     return None
 
@@ -212,6 +228,43 @@ def bench_workloads(quick: bool) -> Iterator[tuple[str, Callable[[], object]]]:
         yield f"bench group_norm_silu C{case['channels']}", lambda c=case: group_norm(c)
     for case in (kt.SHAPES[:1] if quick else kt.SHAPES):
         yield f"bench triplane {case['name']}", lambda c=case: triplane(c)
+
+
+PRESETS = ("demo", "ucf101-128", "ucf101-256", "sky-256")
+
+
+def model_workloads(quick: bool) -> Iterator[tuple[str, Callable[[], object]]]:
+    """(label, call): a training step's forward and backward of each preset's autoencoder and UNet at
+    batch 1, in float32 and under bf16 autocast (as benchmarks/end_to_end.py runs them), every op forced to
+    Triton. CPU time: the linear layers and convolutions run; attention and the fused ops are recorded."""
+    from pvdm_fast import ops
+    from pvdm_fast.configs import build, load_config
+    from pvdm_fast.models.autoencoder import Autoencoder
+    from pvdm_fast.models.unet import TriplaneUNet
+
+    def autoencoder(cfg, amp):
+        torch.manual_seed(0)
+        model = Autoencoder(cfg)
+        video = torch.rand(1, 3, cfg.frames, *cfg.frame_size) * 2 - 1
+        with ops.use_backend("triton"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = (model(video).float() - video).abs().mean()
+        loss.backward()
+
+    def unet(cfg, amp):
+        torch.manual_seed(0)
+        model = TriplaneUNet(cfg)
+        x = torch.rand(1, cfg.in_channels, cfg.latent_length) * 2 - 1
+        with ops.use_backend("triton"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(x, torch.tensor([10]), torch.rand_like(x))
+        out.float().square().mean().backward()
+
+    for name in PRESETS[:1] if quick else PRESETS:
+        cfg = load_config(name)
+        ae_cfg, unet_cfg = build(cfg, "autoencoder"), build(cfg, "unet")
+        for amp in (False, True):
+            kind = "bf16 autocast" if amp else "float32"
+            yield f"model {name} autoencoder {kind}", lambda c=ae_cfg, a=amp: autoencoder(c, a)
+            yield f"model {name} unet {kind}", lambda c=unet_cfg, a=amp: unet(c, a)
 
 
 def record(workloads) -> tuple[list[Launch], list[dict]]:
@@ -389,18 +442,22 @@ def main(argv=None) -> int:
     p = _bench.parser(__doc__.splitlines()[0])
     p.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_LIMIT),
                    help="compute capability x10 to compile for (repeatable; default 90)")
-    p.add_argument("--cases", default="tests,bench", help="tests, bench or both (comma-separated)")
+    p.add_argument("--cases", default="tests,bench",
+                   help="comma-separated: tests (GPU tests), bench (kernel benchmarks), models (each preset's "
+                        "autoencoder and UNet training step; minutes of CPU time at the full presets)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes (default: all cores)")
     args = p.parse_args(argv)
     archs = args.arch or [90]
     kinds = {k.strip() for k in args.cases.split(",") if k.strip()}
-    if not kinds or kinds - {"tests", "bench"}:
-        p.error(f"--cases takes tests and/or bench, got {args.cases!r}")
+    if not kinds or kinds - {"tests", "bench", "models"}:
+        p.error(f"--cases takes tests, bench and/or models, got {args.cases!r}")
     workloads = []
     if "tests" in kinds:
         workloads += list(test_workloads(args.quick))
     if "bench" in kinds:
         workloads += list(bench_workloads(args.quick))
+    if "models" in kinds:
+        workloads += list(model_workloads(args.quick))
     t0 = time.perf_counter()
     launches, failures = record(workloads)
     print(f"recorded {len(launches)} launches from {len(workloads)} workloads in {time.perf_counter() - t0:.1f} s")
