@@ -6,7 +6,7 @@
 # right after the tests, so a run cut short still has the numbers that decide the SDPA routes.
 # Usage: bash benchmarks/gpu_check.sh [--quick]
 # With the device tool: bash benchmarks/fetch_gpu_wheels.sh here, then run
-#   PVDM_COMMIT=<short sha> PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh   (carry [".whl"], timeout ~560 s)
+#   PVDM_COMMIT=<short sha> PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh   (carry [".whl"], timeout ~590 s: the steps stop by 540 s)
 # and back here copy the returned <gpu>-<commit>.json into benchmarks/results/, run
 # python benchmarks/readme_table.py (README table + pvdm_fast/ops/measured_prefs.json) and commit all three.
 set -uo pipefail
