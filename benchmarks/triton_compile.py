@@ -409,7 +409,7 @@ def check(launches: list[Launch], archs: list[int], jobs: int = 1, log=print) ->
             entry["launches"] += 1
             grid = list(launch.grid) + [1] * (3 - len(launch.grid))
             entry["max_grid"] = [max(a, b) for a, b in zip(entry["max_grid"], grid)]
-        log(f"sm_{arch}: {len(launches)} launches, {len(variants)} distinct kernel variants")
+        log(f"sm_{arch} ({ARCH_NAMES[arch]}): {len(launches)} launches, {len(variants)} distinct kernel variants")
         for entry in variants.values():
             work.append((arch, entry["index"]))
             meta.append(entry)
