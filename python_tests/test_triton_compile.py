@@ -110,3 +110,35 @@ def test_the_checker_reports_what_would_not_compile_or_launch(tmp_path):
     # 255 registers x 128 threads: 2 blocks of 64K registers; 16 B of shared memory: 16 blocks (threads
     # limit, 2048 / 128); 120 KB of shared memory: 1 block; 100 KB on an A100 (164 KB per SM): 1
     assert doc["occupancy"] == [2, 16, 1, 1]
+
+
+SMALL_SHARED = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import triton_compile as tc
+    import torch
+
+    ta, tj = tc._test_module("test_axial_attention"), tc._test_module("test_joint_attention")
+    work = [(f"axial {c}", lambda c=c: ta._run("triton", c, *ta._inputs(c, torch.float32)))
+            for c in ta.GPU_CASES if c[2] == 128]
+    work += [(f"joint {c}", lambda c=c: tj._run("triton", c, *tj._inputs(c, torch.float32)))
+             for c in tj.GPU_CASES if c[2] == 128]
+    launches, failures = tc.record(work)
+    print(json.dumps({"failures": failures, "rows": tc.check(launches, [89], jobs=2, log=lambda *a: None)}))
+""")
+
+
+def test_float32_head_dim_128_attention_fits_a_100_kb_gpu(tmp_path):
+    """sm_86/sm_89 (RTX 30xx/40xx, L40) have 100 KB of shared memory per block: the float32 backward at
+    head dim 128 must launch there (32-row tiles, pipelining stepped down by the launcher)."""
+    script = tmp_path / "small_shared.py"
+    script.write_text(SMALL_SHARED)
+    proc = subprocess.run([sys.executable, str(script), str(ROOT / "benchmarks")], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not doc["failures"]
+    rows = doc["rows"]
+    assert {r["kernel"] for r in rows} == {"_attn_fwd", "_attn_bwd_dq", "_attn_bwd_dkdv"}
+    assert [r for r in rows if "error" in r] == []
+    assert all(r["shared_bytes"] <= 101376 for r in rows)

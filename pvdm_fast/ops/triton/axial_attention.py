@@ -318,15 +318,19 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _tiles(p: Problem, backward: bool) -> Tuple[int, int, int, int]:
+def _tiles(p: Problem, backward: bool, itemsize: int = 2) -> Tuple[int, int, int, int]:
     """(G, BMP, BNP, BD): short self-attention sequences are packed G to a tile (block-diagonal mask),
-    longer ones are cut in BMP x BNP tiles. Every tile side is >= 16, the minimum of tl.dot."""
+    longer ones are cut in BMP x BNP tiles. Every tile side is >= 16, the minimum of tl.dot.
+    The float32 backward at head dim 128 uses 32-row tiles: with 64 rows its dq/dk/dv kernels need
+    104-144 KB of shared memory even unpipelined, over the 100 KB of sm_86/sm_89 GPUs (RTX 30xx/40xx,
+    L40); 32 rows fit (benchmarks/triton_compile.py --arch 89)."""
     bd = max(16, triton.next_power_of_2(p.dim))
+    rows = 32 if (backward and itemsize >= 4 and bd >= 128) else 64
     if p.lq == p.lk and p.lk <= 32:
         lp = triton.next_power_of_2(p.lk)
-        g = max(16 // lp, 1, min(64 // lp, triton.next_power_of_2(p.n_seq)))
+        g = max(16 // lp, 1, min(rows // lp, triton.next_power_of_2(p.n_seq)))
         return g, lp, lp, bd
-    big = 128 if (bd <= 64 and not backward and not _ext.triton_interpreted()) else 64
+    big = 128 if (bd <= 64 and not backward and not _ext.triton_interpreted()) else rows
     bn = 64 if bd <= 64 or not backward else 32
     return (1, min(big, max(16, triton.next_power_of_2(p.lq))), min(bn, max(16, triton.next_power_of_2(p.lk))),
             bd)
@@ -440,7 +444,7 @@ def backward(q: Operand, k: Operand, v: Operand, out: Operand, dout: Operand, dq
         raise ValueError("strided attention backward: gradients must share their inputs' strides")
     dev = q.tensor.device
     delta = torch.empty((p.n_seq, p.heads, p.lq), device=dev, dtype=torch.float32)
-    g, bmp, bnp, bd = _tiles(p, backward=True)
+    g, bmp, bnp, bd = _tiles(p, backward=True, itemsize=q.tensor.element_size())
     nqb, nkb = triton.cdiv(p.lq, bmp), triton.cdiv(p.lk, bnp)
     f32 = _f32_math(p)
     prec = "ieee" if f32 else _precision(q.tensor.dtype)
