@@ -22,25 +22,25 @@ class FakeKernel:
 
 def test_a_launch_steps_down_until_it_fits_and_remembers_the_depth():
     k, x = FakeKernel(fits=1), torch.zeros(2, dtype=torch.float16)
-    assert _fit.launch(k, (1,), (x,), 0, 3, BLOCK=16, num_warps=4) == 1
+    assert _fit.launch(k, (1,), (x,), 3, BLOCK=16, num_warps=4) == 1
     assert k.tried == [3, 2, 1]
-    assert _fit.launch(k, (1,), (x,), 0, 3, BLOCK=16, num_warps=4) == 1
+    assert _fit.launch(k, (1,), (x,), 3, BLOCK=16, num_warps=4) == 1
     assert k.tried == [3, 2, 1, 1]  # the second call goes straight to the depth that fitted
     # another device, dtype or variant plans afresh
-    for args, device, options in (((x,), 1, dict(BLOCK=16, num_warps=4)),
-                                  ((x.float(),), 0, dict(BLOCK=16, num_warps=4)),
-                                  ((x,), 0, dict(BLOCK=32, num_warps=4))):
+    for args, options in (((x.to("meta"),), dict(BLOCK=16, num_warps=4)),  # another device
+                          ((x.float(),), dict(BLOCK=16, num_warps=4)),
+                          ((x,), dict(BLOCK=32, num_warps=4))):
         k.tried.clear()
-        assert _fit.launch(k, (1,), args, device, 3, **options) == 1
+        assert _fit.launch(k, (1,), args, 3, **options) == 1
         assert k.tried == [3, 2, 1]
 
 
 def test_a_kernel_that_fits_runs_at_its_planned_depth_and_one_that_never_fits_raises():
     x = torch.zeros(2)
     k = FakeKernel(fits=3)
-    assert _fit.launch(k, (1,), (x,), 0, 3, BLOCK=64) == 3 and k.tried == [3]
-    assert _fit.launch(k, (1,), (x,), 0, 1, BLOCK=64) == 1  # a shallower plan is kept
+    assert _fit.launch(k, (1,), (x,), 3, BLOCK=64) == 3 and k.tried == [3]
+    assert _fit.launch(k, (1,), (x,), 1, BLOCK=64) == 1  # a shallower plan is kept
     never = FakeKernel(fits=0)
     with pytest.raises(OutOfResources):
-        _fit.launch(never, (1,), (x,), 0, 3, BLOCK=128)
+        _fit.launch(never, (1,), (x,), 3, BLOCK=128)
     assert never.tried == [3, 2, 1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+import torch
 from triton.runtime.errors import OutOfResources
 
 # Kernels launched through launch(): what benchmarks/triton_compile.py may step down the same way.
@@ -24,12 +25,19 @@ def staged(kernel):
     return kernel
 
 
-def launch(kernel, grid, args: tuple, device_index: int, num_stages: int, **options) -> int:
+def _key(kernel, args: tuple, options: dict) -> Tuple:
+    first = args[0]
+    device = getattr(first, "device", None)
+    if device is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return kernel, device, getattr(first, "dtype", None), tuple(sorted(options.items()))
+
+
+def launch(kernel, grid, args: tuple, num_stages: int, **options) -> int:
     """kernel[grid](*args, num_stages=<n>, **options) with the deepest n <= num_stages that fits the
-    device's shared memory; returns n."""
-    key = (kernel, device_index, args[0].dtype if hasattr(args[0], "dtype") else None,
-           tuple(sorted(options.items())))
-    depth = min(num_stages, _DEPTH.get(key, num_stages))
+    device's shared memory (args[0]'s device); returns n. Where every kernel fits (the usual case) this
+    costs one dict check per launch."""
+    depth = min(num_stages, _DEPTH.get(_key(kernel, args, options), num_stages)) if _DEPTH else num_stages
     while True:
         try:
             kernel[grid](*args, num_stages=depth, **options)
@@ -39,5 +47,5 @@ def launch(kernel, grid, args: tuple, device_index: int, num_stages: int, **opti
             depth -= 1
             continue
         if depth != num_stages:
-            _DEPTH[key] = depth
+            _DEPTH[_key(kernel, args, options)] = depth
         return depth

@@ -381,11 +381,6 @@ def _stages(trips: int) -> int:
     return 1 if trips == 1 else (TUNING["num_stages"] or 3)
 
 
-def _index(t: Tensor) -> int:
-    return t.device.index if t.is_cuda and t.device.index is not None else (
-        torch.cuda.current_device() if t.is_cuda else -1)
-
-
 class _device:
     def __init__(self, t: Tensor):
         self.ctx = torch.cuda.device(t.device) if t.is_cuda else None
@@ -429,7 +424,7 @@ def forward(q: Operand, k: Operand, v: Operand, out: Operand, p: Problem, extra:
         _fit.launch(_attn_fwd, grid, (q.tensor, k.tensor, v.tensor, out.tensor, lse, ek, ev, cos, sin,
                                       *q.strides, *k.strides, *out.strides, *es,
                                       p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nqb, scale * LOG2E),
-                    _index(q.tensor), _stages(nkb),
+                    _stages(nkb),
                     HAS_EXTRA=extra is not None, HAS_ROT=rotary is not None, G=g, BMP=bmp, BNP=bnp, BD=bd,
                     PREC="ieee" if f32 else _precision(q.tensor.dtype), F32=f32, num_warps=_warps(g * bmp, bd))
     return lse
@@ -462,13 +457,13 @@ def backward(q: Operand, k: Operand, v: Operand, out: Operand, dout: Operand, dq
                     (q.tensor, k.tensor, v.tensor, out.tensor, dout.tensor, dq.tensor, lse, delta, ek, ev, dke, dve,
                      cos, sin, *q.strides, *k.strides, *out.strides, *dout.strides, *es,
                      p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nqb, scale * LOG2E, scale),
-                    _index(q.tensor), _stages(nkb),
+                    _stages(nkb),
                     HAS_EXTRA=extra is not None, ONE_KB=nkb == 1, num_warps=_warps(g * bmp, bd, True), **common)
         _fit.launch(_attn_bwd_dkdv, (triton.cdiv(p.n_seq, g) * p.heads * nkb,),
                     (q.tensor, k.tensor, v.tensor, dout.tensor, dk.tensor, dv.tensor, lse, delta, cos, sin,
                      *q.strides, *k.strides, *dout.strides,
                      p.n_seq, p.n_inner, p.heads, p.lq, p.lk, p.dim, nkb, scale * LOG2E, scale),
-                    _index(q.tensor), _stages(nqb), num_warps=_warps(g * bnp, bd, True), **common)
+                    _stages(nqb), num_warps=_warps(g * bnp, bd, True), **common)
     if extra is None:
         return None
     if extra[0].shape[0] == 1:  # shared token: summed over the sequences in float32
