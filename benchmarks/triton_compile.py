@@ -446,6 +446,7 @@ def main(argv=None) -> int:
                    help="comma-separated: tests (GPU tests), bench (kernel benchmarks), models (each preset's "
                         "autoencoder and UNet training step; minutes of CPU time at the full presets)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes (default: all cores)")
+    p.add_argument("--only", metavar="REGEX", help="keep the workloads whose label matches (e.g. 'triplane')")
     args = p.parse_args(argv)
     archs = args.arch or [90]
     kinds = {k.strip() for k in args.cases.split(",") if k.strip()}
@@ -458,6 +459,14 @@ def main(argv=None) -> int:
         workloads += list(bench_workloads(args.quick))
     if "models" in kinds:
         workloads += list(model_workloads(args.quick))
+    if args.only:
+        try:
+            keep = re.compile(args.only)
+        except re.error as exc:
+            p.error(f"--only {args.only!r} is not a regular expression: {exc}")
+        workloads = [(label, call) for label, call in workloads if keep.search(label)]
+        if not workloads:
+            p.error(f"--only {args.only!r} matches no workload")
     t0 = time.perf_counter()
     launches, failures = record(workloads)
     print(f"recorded {len(launches)} launches from {len(workloads)} workloads in {time.perf_counter() - t0:.1f} s")
