@@ -58,6 +58,16 @@ def unfused_outputs(out: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return out, out.new_empty(0), out.new_empty(0, dtype=torch.float32), out.new_empty(0, dtype=torch.float32)
 
 
+def blocks_per_program(blocks: int, programs: int = 1024, most: int = 16) -> Tuple[int, int]:
+    """(blocks each program walks, programs) for a kernel that writes one row of partial sums per program:
+    at least `programs` programs while the blocks allow it (enough to fill a GPU), at most `most` blocks
+    each, so the partial sums (written, then read back once) stay a few percent of the data read."""
+    if blocks < 1:
+        raise ValueError(f"blocks_per_program needs at least one block, got {blocks}")
+    per = max(1, min(most, blocks // programs))
+    return per, -(-blocks // per)
+
+
 def device_guard(x: Tensor) -> ContextManager:
     """Launch Triton kernels on x's device (no-op for the CPU interpreter)."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()

@@ -285,3 +285,28 @@ def test_gpu_graph_capture():
             torch.testing.assert_close(out, fn())
             assert not torch.equal(out, expected)
             latent.mul_(2.0)
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_triton_backward_in_blocks_of_rows_and_tokens(monkeypatch, norm):
+    # At large grids the axis-sum kernel walks the rows in blocks (dP_yt then adds up in its output) and the
+    # LayerNorm row pass walks several token blocks a program; the test shapes are too small for either,
+    # so force both: 2-row tiles over h = 7 (the last block partly past h), 4 token blocks a program.
+    from pvdm_fast.ops import _launch
+    from pvdm_fast.ops.triton import triplane_decode as tri
+
+    b, t, h, w, c, e = CASES[0]
+    monkeypatch.setattr(tri, "SUMS_TILE", 2 * 4 * 4)
+    assert tri._sums_blocks(h, w, c, 4) == (2, 4, 4)
+    calls = []
+
+    def four_each(blocks, **_):
+        calls.append(blocks)
+        return 4, -(-blocks // 4)
+
+    monkeypatch.setattr(_launch, "blocks_per_program", four_each)
+    inputs = _inputs(b, t, h, w, c, e, torch.float32)
+    got = _run(triplane_decode, "triton", (t, h, w), *inputs, norm)
+    assert_fp32_matches(got, _truth((t, h, w), *inputs, norm), "triton")
+    if norm:
+        assert calls and calls[0] > 4

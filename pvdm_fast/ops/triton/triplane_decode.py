@@ -2,10 +2,12 @@
 
 Forward: a program owns BLOCK_N tokens with all C channels (the LayerNorm needs whole rows) and gathers
 the three plane rows of each token. Backward: with the LayerNorm, a row pass first turns dY into the
-two per-token means the LayerNorm backward needs; then one program per (batch, channel chunk) walks
-the whole volume once, row by row: dP_xt (sum over x) is a tile reduction, dP_xy (sum over t) stays
-in registers across the t loop, dP_yt (sum over y) is accumulated in its float32 output, which only
-this program touches, so no atomics are needed.
+two per-token means the LayerNorm backward needs (and, per program, partial sums of the LayerNorm
+weight and bias gradients). Then one program per (batch, 16-byte channel slice) walks the whole volume
+once, a (rows x columns) tile of the grid per frame: dP_xt (sum over x) and this block's share of dP_yt
+(sum over y) are tile reductions, dP_xy (sum over t) stays in registers across the frame loop. When the
+tile holds every row, dP_yt is complete; otherwise it is summed in its float32 output, which only this
+program touches, so no atomics are needed.
 """
 
 from __future__ import annotations
@@ -58,69 +60,124 @@ def _fwd_kernel(PXY, PYT, PXT, G, Bt, V, Y, Mean, Rstd, NT, T, H, W, C, eps,
 
 
 @triton.jit
-def _ln_means_kernel(DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, NT, T, H, W, C,
+def _ln_means_kernel(DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, PartG, PartB, NT, T, H, W, C, ROW_BLOCKS,
                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    # Per token: a1 = mean_c(gamma * dy), a2 = mean_c(gamma * dy * xhat).
-    n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Per token: a1 = mean_c(gamma * dy), a2 = mean_c(gamma * dy * xhat). Per program (ROW_BLOCKS blocks of
+    # BLOCK_N tokens): its share of the LayerNorm weight and bias gradients, sum(dy * xhat) and sum(dy).
+    pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     cm = cols < C
-    nm = n < NT
-    m = nm[:, None] & cm[None, :]
-    v = _load_volume(PXY, PYT, PXT, n, cols, m, T, H, W, C)
-    mean = tl.load(Mean + n, mask=nm, other=0.0)
-    rstd = tl.load(Rstd + n, mask=nm, other=0.0)
-    xhat = tl.where(m, (v - mean[:, None]) * rstd[:, None], 0.0)
-    gy = tl.load(DY + n[:, None] * C + cols[None, :], mask=m, other=0.0).to(tl.float32)
-    gy = gy * tl.load(G + cols, mask=cm, other=0.0)[None, :]
-    tl.store(A1 + n, tl.sum(gy, axis=1) / C, mask=nm)
-    tl.store(A2 + n, tl.sum(gy * xhat, axis=1) / C, mask=nm)
+    gamma = tl.load(G + cols, mask=cm, other=0.0)[None, :]
+    dg = tl.zeros([BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for i in range(0, ROW_BLOCKS):
+        n = (pid * ROW_BLOCKS + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nm = n < NT
+        m = nm[:, None] & cm[None, :]
+        v = _load_volume(PXY, PYT, PXT, n, cols, m, T, H, W, C)
+        mean = tl.load(Mean + n, mask=nm, other=0.0)
+        rstd = tl.load(Rstd + n, mask=nm, other=0.0)
+        xhat = tl.where(m, (v - mean[:, None]) * rstd[:, None], 0.0)
+        dy = tl.load(DY + n[:, None] * C + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        gy = dy * gamma
+        tl.store(A1 + n, tl.sum(gy, axis=1) / C, mask=nm)
+        tl.store(A2 + n, tl.sum(gy * xhat, axis=1) / C, mask=nm)
+        dg += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+    tl.store(PartG + pid * C + cols, dg, mask=cm)
+    tl.store(PartB + pid * C + cols, db, mask=cm)
 
 
 @triton.jit
-def _sums_kernel(DV, DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, DXY, DYT, DXT, DG, DB, T, H, W, C,
-                 HAS_NORM: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_CC: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
+def _sums_kernel(DV, DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, DXY, DYT, DXT, T, H, W, C,
+                 HAS_NORM: tl.constexpr, WIDE: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                 BLOCK_CC: tl.constexpr):
+    # Offsets within one batch item are 32-bit unless WIDE (a batch item over 2**31 values): 64-bit
+    # addresses per element cost this kernel ~80 more registers a thread (sm_90, with the LayerNorm).
+    pid = tl.program_id(0)
     chunks = tl.cdiv(C, BLOCK_CC)
-    b = pid // chunks
+    b = (pid // chunks).to(tl.int64)
+    hw = H * W
+    DV += b * T * hw * C
+    DY += b * T * hw * C
+    PXY += b * hw * C
+    PYT += b * T * W * C
+    PXT += b * T * H * C
+    DXY += b * hw * C
+    DYT += b * T * W * C
+    DXT += b * T * H * C
+    Mean += b * T * hw
+    Rstd += b * T * hw
+    A1 += b * T * hw
+    A2 += b * T * hw
     cols = (pid % chunks) * BLOCK_CC + tl.arange(0, BLOCK_CC)
-    xs = tl.arange(0, BLOCK_X).to(tl.int64)
     cm = cols < C
-    m = (xs[:, None] < W) & cm[None, :]
+    c3 = cols[None, None, :]
+    xs = tl.arange(0, BLOCK_X)
+    if WIDE:
+        xs = xs.to(tl.int64)
+    xm = xs < W
+    ytm = xm[:, None] & cm[None, :]  # a (x, channel) row of dP_yt
     if HAS_NORM:
-        gamma = tl.load(G + cols, mask=cm, other=0.0)
-    dg = tl.zeros([BLOCK_X, BLOCK_CC], dtype=tl.float32)
-    db = tl.zeros([BLOCK_X, BLOCK_CC], dtype=tl.float32)
-    for y in range(0, H):
-        acc_xy = tl.zeros([BLOCK_X, BLOCK_CC], dtype=tl.float32)
+        gamma = tl.load(G + cols, mask=cm, other=0.0)[None, None, :]
+    for y0 in range(0, H, BLOCK_Y):
+        ys = y0 + tl.arange(0, BLOCK_Y)
+        if WIDE:
+            ys = ys.to(tl.int64)
+        ym = ys < H
+        pm = ym[:, None] & xm[None, :]
+        m = pm[:, :, None] & cm[None, None, :]
+        pos = ys[:, None] * W + xs[None, :]  # y*W + x
+        if HAS_NORM:  # P_xy does not depend on t: one load per block of rows
+            pxy = tl.load(PXY + (pos * C)[:, :, None] + c3, mask=m, other=0.0).to(tl.float32)
+        if y0 > 0:  # the dP_yt rows re-read below were stored by other threads of this program
+            tl.debug_barrier()
+        acc_xy = tl.zeros([BLOCK_Y, BLOCK_X, BLOCK_CC], dtype=tl.float32)
         for t in range(0, T):
-            n = ((b * T + t) * H + y) * W + xs
-            tile = n[:, None] * C + cols[None, :]
+            n = t * hw + pos
+            tile = (n * C)[:, :, None] + c3
             g = tl.load(DV + tile, mask=m, other=0.0).to(tl.float32)
+            yt = ((t * W + xs) * C)[:, None] + cols[None, :]
+            xt = ((t * H + ys) * C)[:, None] + cols[None, :]
+            xtm = ym[:, None] & cm[None, :]
             if HAS_NORM:
-                v = _load_volume(PXY, PYT, PXT, n, cols, m, T, H, W, C)
-                nmask = xs < W
-                mean = tl.load(Mean + n, mask=nmask, other=0.0)
-                rstd = tl.load(Rstd + n, mask=nmask, other=0.0)
-                a1 = tl.load(A1 + n, mask=nmask, other=0.0)
-                a2 = tl.load(A2 + n, mask=nmask, other=0.0)
-                xhat = tl.where(m, (v - mean[:, None]) * rstd[:, None], 0.0)
+                pyt = tl.load(PYT + yt, mask=ytm, other=0.0).to(tl.float32)
+                pxt = tl.load(PXT + xt, mask=xtm, other=0.0).to(tl.float32)
+                v = pxy + pyt[None, :, :] + pxt[:, None, :]
+                mean = tl.load(Mean + n, mask=pm, other=0.0)[:, :, None]
+                rstd = tl.load(Rstd + n, mask=pm, other=0.0)[:, :, None]
+                a1 = tl.load(A1 + n, mask=pm, other=0.0)[:, :, None]
+                a2 = tl.load(A2 + n, mask=pm, other=0.0)[:, :, None]
+                xhat = tl.where(m, (v - mean) * rstd, 0.0)
                 dy = tl.load(DY + tile, mask=m, other=0.0).to(tl.float32)
-                g += rstd[:, None] * (dy * gamma[None, :] - a1[:, None] - xhat * a2[:, None])
+                g += rstd * (dy * gamma - a1 - xhat * a2)
                 g = tl.where(m, g, 0.0)
-                dg += dy * xhat
-                db += dy
             acc_xy += g
-            tl.store(DXT + ((b * T + t) * H + y) * C + cols, tl.sum(g, axis=0), mask=cm)
-            # dP_yt is private to this program: the same thread re-reads what it stored for the last y.
-            yt = ((b * T + t) * W + xs)[:, None] * C + cols[None, :]
-            if y == 0:
-                tl.store(DYT + yt, g, mask=m)
+            tl.store(DXT + xt, tl.sum(g, axis=1), mask=xtm)
+            part = tl.sum(g, axis=0)  # this block's rows of the sum over y
+            if y0 == 0:
+                tl.store(DYT + yt, part, mask=ytm)
             else:
-                tl.store(DYT + yt, tl.load(DYT + yt, mask=m, other=0.0) + g, mask=m)
-        tl.store(DXY + ((b * H + y) * W + xs)[:, None] * C + cols[None, :], acc_xy, mask=m)
-    if HAS_NORM:
-        tl.store(DG + b * C + cols, tl.sum(dg, axis=0), mask=cm)
-        tl.store(DB + b * C + cols, tl.sum(db, axis=0), mask=cm)
+                tl.store(DYT + yt, tl.load(DYT + yt, mask=ytm, other=0.0) + part, mask=ytm)
+        tl.store(DXY + (pos * C)[:, :, None] + c3, acc_xy, mask=m)
+
+
+# Values in one tile of the axis-sum kernel (rows x columns x channels): 32 a thread at the default 4 warps.
+# Large enough that the few programs there are (batch x channel slices) keep many loads in flight (the
+# base shapes: 192 programs, 16 KB of dV and dY each), small enough for two programs per SM (233
+# registers a thread with the LayerNorm, bf16, sm_90; 8192 values at 8 warps took 174 without it).
+SUMS_TILE = 4096
+
+
+def _sums_blocks(h: int, w: int, c: int, itemsize: int) -> tuple[int, int, int]:
+    """(BLOCK_Y, BLOCK_X, BLOCK_CC) of the axis-sum kernel: 16-byte channel slices (as narrow as a vector
+    load, so there are batch * C / slice programs), every column, and as many rows as the tile holds:
+    all of them when the tile holds the whole grid, else dP_yt is summed over the blocks of rows in its
+    float32 output."""
+    block_cc = min(triton.next_power_of_2(c), max(4, 16 // itemsize))
+    block_x = triton.next_power_of_2(w)
+    block_y = max(1, min(triton.next_power_of_2(h), SUMS_TILE // (block_x * block_cc)))
+    return block_y, block_x, block_cc
 
 
 def _row_block(c: int) -> tuple[int, int]:
@@ -166,22 +223,23 @@ def backward(dv, dy, p_xy, p_yt, p_xt, norm_weight, mean, rstd):
         g = norm_weight.float().contiguous()
         mean, rstd = mean.contiguous(), rstd.contiguous()
         a = torch.empty((2, nt), **f32)
-        parts = torch.empty((2, b, c), **f32)
         block_n, block_c = _row_block(c)
+        per_program, programs = _launch.blocks_per_program(triton.cdiv(nt, block_n))
+        parts = torch.empty((2, programs, c), **f32)
         with _launch.device_guard(dv):
-            _ln_means_kernel[(triton.cdiv(nt, block_n),)](dy, p_xy, p_yt, p_xt, g, mean, rstd, a[0], a[1], nt, t, h,
-                                                          w, c, BLOCK_N=block_n, BLOCK_C=block_c)
-        a1, a2, dg, db = a[0], a[1], parts[0], parts[1]
+            _ln_means_kernel[(programs,)](dy, p_xy, p_yt, p_xt, g, mean, rstd, a[0], a[1], parts[0], parts[1], nt, t,
+                                          h, w, c, per_program, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=8)
+        a1, a2 = a[0], a[1]
     else:
         dy = dv
-        g = mean = rstd = a1 = a2 = dg = db = torch.empty(1, **f32)
-    # 16-byte rows per token: as narrow as a vector load, so enough programs run at the base shapes.
-    block_cc = min(triton.next_power_of_2(c), max(4, 16 // dv.element_size()))
+        g = mean = rstd = a1 = a2 = torch.empty(1, **f32)
+    block_y, block_x, block_cc = _sums_blocks(h, w, c, dv.element_size())
     grid = (b * triton.cdiv(c, block_cc),)
     with _launch.device_guard(dv):
-        _sums_kernel[grid](dv, dy, p_xy, p_yt, p_xt, g, mean, rstd, a1, a2, d_xy, d_yt, d_xt, dg, db, t, h, w, c,
-                           HAS_NORM=fused, BLOCK_X=triton.next_power_of_2(w), BLOCK_CC=block_cc)
+        _sums_kernel[grid](dv, dy, p_xy, p_yt, p_xt, g, mean, rstd, a1, a2, d_xy, d_yt, d_xt, t, h, w, c,
+                           HAS_NORM=fused, WIDE=t * h * w * c >= 2**31, BLOCK_Y=block_y, BLOCK_X=block_x,
+                           BLOCK_CC=block_cc)
     if not fused:
         zero = torch.zeros(c, **f32)
         return d_xy, d_yt, d_xt, zero, zero.clone()
-    return d_xy, d_yt, d_xt, dg.sum(0), db.sum(0)
+    return d_xy, d_yt, d_xt, parts[0].sum(0), parts[1].sum(0)
