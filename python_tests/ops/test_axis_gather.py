@@ -241,3 +241,23 @@ def test_gpu_backends(grid, c, axis, backend, dtype, norm):
     got = _run(axis_gather, backend, axis, *inputs, norm, grid=grid)
     same = lambda: _run(axis_gather, "reference", axis, *inputs, norm, grid=grid)  # noqa: E731
     assert_backend_matches(got, same, _truth(axis, *inputs, norm=norm, grid=grid), dtype, f"{backend} {axis}")
+
+
+@pytest.mark.parametrize("norm", [False, True])
+@pytest.mark.parametrize("axis", AXES)
+def test_triton_backward_programs_walking_several_blocks(monkeypatch, axis, norm):
+    # At the base shapes each backward program walks several blocks of lines (its partial sums stay small);
+    # the test shapes are too small for that, so force two blocks a program, the last one partly past M.
+    from pvdm_fast.ops import _launch
+
+    calls = []
+
+    def two_each(blocks, **_):
+        calls.append(blocks)
+        return 2, -(-blocks // 2)
+
+    monkeypatch.setattr(_launch, "blocks_per_program", two_each)
+    inputs = _inputs(2, GRID, 37, axis, torch.float32)
+    got = _run(axis_gather, "triton", axis, *inputs, norm)
+    assert calls and calls[0] >= 2
+    assert_fp32_matches(got, _truth(axis, *inputs, norm=norm), "triton")

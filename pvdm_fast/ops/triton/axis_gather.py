@@ -4,7 +4,8 @@ A program owns BLOCK_M lines at one position j of the sequence (grid axis 1 is j
 embedding row is one load per program) with all C channels. Line m = (b, o1, o2) reads grid token
 b*N + o1*s1 + o2*s2 + j*sj, or the appended token when j == A. The backward writes dx rows back to
 the grid and per-program partial sums for the position embedding and LayerNorm parameters, which
-torch adds up (a few KB per program, far less than dS).
+torch adds up: a program walks up to 16 blocks of lines (at least 1024 programs in all while there are
+enough lines), so the partial sums stay a few percent of dS.
 """
 
 from __future__ import annotations
@@ -54,33 +55,42 @@ def _fwd_kernel(X, Tok, Pos, G, Bt, S, Y, Mean, Rstd, M, A, N, O1, O2, s1, s2, s
 
 @triton.jit
 def _bwd_kernel(DS, DY, X, Tok, Pos, G, Mean, Rstd, DX, PartPos, PartG, PartB, M, A, N, O1, O2, s1, s2, sj, C,
-                HAS_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                ROW_BLOCKS, HAS_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    # A program walks ROW_BLOCKS blocks of BLOCK_M lines at position j and writes one row of partial sums.
     pid = tl.program_id(0).to(tl.int64)
-    m_idx = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     j = tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     cm = cols < C
-    mm = m_idx < M
-    m = mm[:, None] & cm[None, :]
-    row = m_idx * (A + 1) + j
-    tile = row[:, None] * C + cols[None, :]
-    g = tl.load(DS + tile, mask=m, other=0.0).to(tl.float32)
-    s, n = _rows(X, Tok, Pos, m_idx, cols, m, j, A, N, O1, O2, s1, s2, sj, C)
+    acc_pos = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_g = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for i in range(0, ROW_BLOCKS):
+        m_idx = (pid * ROW_BLOCKS + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+        mm = m_idx < M
+        m = mm[:, None] & cm[None, :]
+        row = m_idx * (A + 1) + j
+        tile = row[:, None] * C + cols[None, :]
+        g = tl.load(DS + tile, mask=m, other=0.0).to(tl.float32)
+        s, n = _rows(X, Tok, Pos, m_idx, cols, m, j, A, N, O1, O2, s1, s2, sj, C)
+        if HAS_NORM:
+            mean = tl.load(Mean + row, mask=mm, other=0.0)
+            rstd = tl.load(Rstd + row, mask=mm, other=0.0)
+            xhat = tl.where(m, (s - mean[:, None]) * rstd[:, None], 0.0)
+            dy = tl.load(DY + tile, mask=m, other=0.0).to(tl.float32)
+            gy = dy * tl.load(G + cols, mask=cm, other=0.0)[None, :]
+            a1 = tl.sum(gy, axis=1) / C
+            a2 = tl.sum(gy * xhat, axis=1) / C
+            g += rstd[:, None] * (gy - a1[:, None] - xhat * a2[:, None])
+            g = tl.where(m, g, 0.0)
+            acc_g += tl.sum(dy * xhat, axis=0)
+            acc_b += tl.sum(dy, axis=0)
+        tl.store(DX + n[:, None] * C + cols[None, :], g.to(DX.dtype.element_ty), mask=m & (j < A))
+        acc_pos += tl.sum(g, axis=0)
     part = (pid * (A + 1) + j) * C + cols
+    tl.store(PartPos + part, acc_pos, mask=cm)
     if HAS_NORM:
-        mean = tl.load(Mean + row, mask=mm, other=0.0)
-        rstd = tl.load(Rstd + row, mask=mm, other=0.0)
-        xhat = tl.where(m, (s - mean[:, None]) * rstd[:, None], 0.0)
-        dy = tl.load(DY + tile, mask=m, other=0.0).to(tl.float32)
-        gy = dy * tl.load(G + cols, mask=cm, other=0.0)[None, :]
-        a1 = tl.sum(gy, axis=1) / C
-        a2 = tl.sum(gy * xhat, axis=1) / C
-        g += rstd[:, None] * (gy - a1[:, None] - xhat * a2[:, None])
-        g = tl.where(m, g, 0.0)
-        tl.store(PartG + part, tl.sum(dy * xhat, axis=0), mask=cm)
-        tl.store(PartB + part, tl.sum(dy, axis=0), mask=cm)
-    tl.store(DX + n[:, None] * C + cols[None, :], g.to(DX.dtype.element_ty), mask=m & (j < A))
-    tl.store(PartPos + part, tl.sum(g, axis=0), mask=cm)
+        tl.store(PartG + part, acc_g, mask=cm)
+        tl.store(PartB + part, acc_b, mask=cm)
 
 
 def _geometry(x, grid, axis):
@@ -127,7 +137,7 @@ def backward(ds, dy, x, token, pos, norm_weight, mean, rstd, grid, axis):
     tok, p = token.float().contiguous(), pos.float().contiguous()
     fused = dy is not None
     block_m, block_c = _block(c, m)
-    nb = triton.cdiv(m, block_m)
+    per_program, nb = _launch.blocks_per_program(triton.cdiv(m, block_m), programs=max(1, 1024 // (a + 1)))
     parts = torch.empty((3 if fused else 1, nb, a + 1, c), device=x.device, dtype=torch.float32)
     if fused:
         dy = dy.contiguous().to(x.dtype)
@@ -139,7 +149,7 @@ def backward(ds, dy, x, token, pos, norm_weight, mean, rstd, grid, axis):
     dx = torch.empty_like(x)
     with _launch.device_guard(x):
         _bwd_kernel[(nb, a + 1)](ds, dy, x, tok, p, g, mean, rstd, dx, parts[0], part_g, part_b, m, a, n, o1, o2,
-                                 s1, s2, sj, c, HAS_NORM=fused, BLOCK_M=block_m, BLOCK_C=block_c)
+                                 s1, s2, sj, c, per_program, HAS_NORM=fused, BLOCK_M=block_m, BLOCK_C=block_c)
     dpos = parts[0].sum(0)
     if not fused:
         zero = torch.zeros(c, device=x.device, dtype=torch.float32)
