@@ -54,6 +54,27 @@ def test_every_kernel_the_gpu_tests_launch_compiles_and_fits_an_sm90(tmp_path):
     assert time_fwd and all(r["num_stages"] == 1 for r in time_fwd)
 
 
+def test_only_keeps_matching_workloads_and_triplane_backward_fits_two_programs_an_sm(tmp_path):
+    # --only: the triplane benchmark workload alone (decode and the three gathers, bf16, base shapes).
+    out = tmp_path / "triplane.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "triton_compile.py"), "--quick", "--cases", "bench", "--jobs", "2"]
+    proc = subprocess.run(cmd + ["--only", "bench triplane", "--json", str(out)], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["module"].rsplit(".", 1)[-1] for r in rows} == {"triplane_decode", "axis_gather"}
+    # The axis-sum backward has only batch x channel-slice programs (192 here): all of them must be resident
+    # at once on an H100 (two an SM), without spills, and the LayerNorm row pass must not spill either.
+    sums = [r for r in rows if r["kernel"] == "_sums_kernel"]
+    assert sums and all(r["blocks_per_sm"] >= 2 and r["stack_bytes"] == 0 for r in sums), sums
+    means = [r for r in rows if r["kernel"] == "_ln_means_kernel"]
+    assert means and all(r["stack_bytes"] == 0 for r in means), means
+    for bad, message in (("no such workload", "matches no workload"), ("(", "not a regular expression")):
+        proc = subprocess.run(cmd + ["--only", bad], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
 SNIPPET = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[1])
