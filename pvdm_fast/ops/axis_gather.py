@@ -110,6 +110,15 @@ def _blocks(lines: int) -> int:
     return max(8, min(256, -(-lines // 128)))
 
 
+def _bwd_lines(lines: int, positions: int) -> int:
+    """Lines per CUDA backward block. Each block writes one float32 row of partial sums (pos, and the
+    LayerNorm weight and bias) per position, so blocks hold as many lines as still leave about 1024
+    blocks in all: at the base time axis 68 lines (61 x 17 blocks, 5 MB of partial sums, where 32-line
+    blocks wrote 10 MB). At least 8 (a warp each), at most 256."""
+    per, _ = _launch.blocks_per_program(lines, programs=max(1, 1024 // positions), most=256)
+    return max(8, per)
+
+
 def _cuda_forward(x, token, pos, norm_weight, norm_bias, grid, axis, eps):
     x = x.contiguous()
     a, o1, o2 = axis_geometry(grid, axis)[:3]
@@ -132,7 +141,7 @@ def _cuda_backward(ds, dy, x, token, pos, norm_weight, mean, rstd, grid, axis):
     dy = dy.contiguous().to(x.dtype) if fused else None
     tok, p = token.float().contiguous(), pos.float().contiguous()
     g = norm_weight.float().contiguous() if fused else None
-    lines = _blocks(m)
+    lines = _bwd_lines(m, a + 1)
     nb = -(-m // lines)
     dx = torch.empty_like(x)
     parts = torch.empty((3 if fused else 1, nb, a + 1, c), device=x.device, dtype=torch.float32)

@@ -261,3 +261,16 @@ def test_triton_backward_programs_walking_several_blocks(monkeypatch, axis, norm
     got = _run(axis_gather, "triton", axis, *inputs, norm)
     assert calls and calls[0] >= 2
     assert_fp32_matches(got, _truth(axis, *inputs, norm=norm), "triton")
+
+
+@pytest.mark.parametrize("lines,positions", [(4096, 17), (2048, 33), (42, 4), (10**6, 17), (64, 1025), (1, 2)])
+def test_cuda_backward_lines_per_block(lines, positions):
+    # Each CUDA backward block writes a row of partial sums per position: about 1024 blocks in all while
+    # the lines allow, 8 to 256 lines each.
+    from pvdm_fast.ops.axis_gather import _bwd_lines
+
+    per = _bwd_lines(lines, positions)
+    blocks = -(-lines // per) * positions
+    assert 8 <= per <= 256
+    assert blocks >= min(1024, lines // 8 * positions) // 2 or per == 8 or per == 256
+    assert blocks <= max(2048, positions * 8) or per == 256
