@@ -7,6 +7,16 @@ Bytes counted (the minimum any implementation must move): forward, the three pro
 once and V and LayerNorm(V) written once (the gathers: x read once, S and LayerNorm(S) written once);
 backward, dV and dY read once and the plane gradients written once (the gathers: dS, dY read, dx
 written). Shapes: the base config (B 4, T 16, 32x32 grid, C 384) and 128x128 with patch 4 (same grid).
+
+What the fused backends move beyond that count, so the share of copy bandwidth they can reach
+(arithmetic at the base shapes, in units of one (B, T*h*w, C) tensor; counted: 4.25 for the decode's
+forward+backward, 6.1-6.3 for a gather's):
+- triplane_decode+ln: the backward reads dY twice. The LayerNorm's per-token means need every channel
+  (a row pass), while the axis sums run over 16-byte channel slices (a program per batch item and
+  slice, so that it holds whole sums). Add the float32 plane gradients and the per-token statistics:
+  about 5.7, so at most ~75% of copy bandwidth at these counts.
+- axis_gather+ln: the backward reads x again to rebuild the LayerNorm input, plus ~0.2 of partial
+  sums: about 7.3-7.5, at most ~84%.
 """
 from __future__ import annotations
 
