@@ -287,8 +287,9 @@ def test_gpu_graph_capture():
             latent.mul_(2.0)
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("norm", [False, True])
-def test_triton_backward_in_blocks_of_rows_and_tokens(monkeypatch, norm):
+def test_triton_backward_in_blocks_of_rows_and_tokens(monkeypatch, norm, wide):
     # At large grids the axis-sum kernel walks the rows in blocks (dP_yt then adds up in its output) and the
     # LayerNorm row pass walks several token blocks a program; the test shapes are too small for either,
     # so force both: 2-row tiles over h = 7 (the last block partly past h), 4 token blocks a program.
@@ -297,6 +298,8 @@ def test_triton_backward_in_blocks_of_rows_and_tokens(monkeypatch, norm):
 
     b, t, h, w, c, e = CASES[0]
     monkeypatch.setattr(tri, "SUMS_TILE", 2 * 4 * 4)
+    if wide:  # the 64-bit offsets of batch items over 2**31 values
+        monkeypatch.setattr(tri, "WIDE_VALUES", 1)
     assert tri._sums_blocks(h, w, c, 4) == (2, 4, 4)
     calls = []
 

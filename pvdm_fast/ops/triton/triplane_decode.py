@@ -167,6 +167,8 @@ def _sums_kernel(DV, DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, DXY, DYT, DXT, T,
 # base shapes: 192 programs, 16 KB of dV and dY each), small enough for two programs per SM (233
 # registers a thread with the LayerNorm, bf16, sm_90; 8192 values at 8 warps took 174 without it).
 SUMS_TILE = 4096
+# Batch items of at least this many values take 64-bit offsets in the axis-sum kernel.
+WIDE_VALUES = 2**31
 
 
 def _sums_blocks(h: int, w: int, c: int, itemsize: int) -> tuple[int, int, int]:
@@ -237,7 +239,7 @@ def backward(dv, dy, p_xy, p_yt, p_xt, norm_weight, mean, rstd):
     grid = (b * triton.cdiv(c, block_cc),)
     with _launch.device_guard(dv):
         _sums_kernel[grid](dv, dy, p_xy, p_yt, p_xt, g, mean, rstd, a1, a2, d_xy, d_yt, d_xt, t, h, w, c,
-                           HAS_NORM=fused, WIDE=t * h * w * c >= 2**31, BLOCK_Y=block_y, BLOCK_X=block_x,
+                           HAS_NORM=fused, WIDE=t * h * w * c >= WIDE_VALUES, BLOCK_Y=block_y, BLOCK_X=block_x,
                            BLOCK_CC=block_cc)
     if not fused:
         zero = torch.zeros(c, **f32)
