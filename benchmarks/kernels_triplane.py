@@ -9,8 +9,10 @@ backward, dV and dY read once and the plane gradients written once (the gathers:
 written). Shapes: the base config (B 4, T 16, 32x32 grid, C 384) and 128x128 with patch 4 (same grid).
 
 What the fused backends move beyond that count, so the share of copy bandwidth they can reach
-(arithmetic at the base shapes, in units of one (B, T*h*w, C) tensor; counted: 4.25 for the decode's
-forward+backward, 6.1-6.3 for a gather's):
+(arithmetic at the base shapes, in units of one (B, T*h*w, C) tensor; counted, forward+backward: 2.25
+for the decode alone, 4.25 with the LayerNorm, 6.1-6.3 for a gather):
+- triplane_decode (no LayerNorm, issue 9's count): the plane gradients are written in float32, about
+  2.4, so up to ~95%.
 - triplane_decode+ln: the backward reads dY twice. The LayerNorm's per-token means need every channel
   (a row pass), while the axis sums run over 16-byte channel slices (a program per batch item and
   slice, so that it holds whole sums). Add the float32 plane gradients and the per-token statistics:
@@ -60,7 +62,9 @@ def _rows_for(op, shape, nbytes_f, nbytes_b, candidates, copy_gbs, dtype):
     return rows
 
 
-def _decode_rows(case, dtype, copy_gbs):
+def _decode_rows(case, dtype, copy_gbs, norm=True):
+    """triplane_decode with the decoder's first LayerNorm fused (V and LayerNorm(V)), or without it (V
+    alone: the count issue 9 states, planes read and V written once, dV read once)."""
     from pvdm_fast.ops import triplane_decode, triplane_decode_reference, use_backend
 
     dev = torch.device("cuda")
@@ -69,26 +73,29 @@ def _decode_rows(case, dtype, copy_gbs):
     latent = torch.randn(b, 4, length, device=dev, dtype=dtype).tanh().requires_grad_()
     ws = [torch.randn(c, 4, 1, 1, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
     bs = [torch.randn(c, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
-    gamma = torch.ones(c, device=dev, dtype=dtype, requires_grad=True)
-    beta = torch.zeros(c, device=dev, dtype=dtype, requires_grad=True)
+    ln = {}
+    if norm:
+        ln = dict(norm_weight=torch.ones(c, device=dev, dtype=dtype, requires_grad=True),
+                  norm_bias=torch.zeros(c, device=dev, dtype=dtype, requires_grad=True))
     n, elt = t * h * w, torch.tensor([], dtype=dtype).element_size()
-    grads = [torch.randn(b, n, c, device=dev, dtype=dtype) for _ in range(2)]
-    nbytes_f = (length * b * c + 2 * b * n * c) * elt
-    nbytes_b = (2 * b * n * c + length * b * c) * elt
+    outs = 2 if norm else 1
+    grads = [torch.randn(b, n, c, device=dev, dtype=dtype) for _ in range(outs)]
+    nbytes_f = (length * b * c + outs * b * n * c) * elt
+    nbytes_b = (outs * b * n * c + length * b * c) * elt
 
     def fused(backend):
         def run():
             with use_backend(backend):
-                return triplane_decode(latent, (t, h, w), ws, bs, norm_weight=gamma, norm_bias=beta)
+                return triplane_decode(latent, (t, h, w), ws, bs, **ln)
         return run
 
-    eager = lambda: triplane_decode_reference(latent, (t, h, w), ws, bs, norm_weight=gamma, norm_bias=beta)  # noqa
+    eager = lambda: triplane_decode_reference(latent, (t, h, w), ws, bs, **ln)  # noqa: E731
     compiled_fn = torch.compile(triplane_decode_reference)
-    compiled = lambda: compiled_fn(latent, (t, h, w), ws, bs, norm_weight=gamma, norm_bias=beta)  # noqa: E731
+    compiled = lambda: compiled_fn(latent, (t, h, w), ws, bs, **ln)  # noqa: E731
     cands = [("cuda", fused("cuda"), grads), ("triton", fused("triton"), grads), ("torch eager", eager, grads),
              ("torch.compile", compiled, grads)]
-    return _rows_for("triplane_decode+ln", f"{case['name']} B{b} T{t} {h}x{w} C{c}", nbytes_f, nbytes_b, cands,
-                     copy_gbs, dtype)
+    return _rows_for("triplane_decode+ln" if norm else "triplane_decode",
+                     f"{case['name']} B{b} T{t} {h}x{w} C{c}", nbytes_f, nbytes_b, cands, copy_gbs, dtype)
 
 
 def _gather_rows(case, axis, dtype, copy_gbs):
@@ -129,6 +136,7 @@ def rows(quick: bool = False) -> list[dict]:
     copy_gbs = _bench.copy_bandwidth_gbs(torch.device("cuda"))
     out = []
     shapes = SHAPES[:1] if quick else SHAPES
+    out += _decode_rows(SHAPES[0], torch.bfloat16, copy_gbs, norm=False)
     for case in shapes:
         out += _decode_rows(case, torch.bfloat16, copy_gbs)
         for axis in (("xy",) if quick else ("xy", "yt", "xt")):

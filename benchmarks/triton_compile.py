@@ -203,6 +203,7 @@ def bench_workloads(quick: bool) -> Iterator[tuple[str, Callable[[], object]]]:
         biases = [torch.randn(c, dtype=dtype, requires_grad=True) for _ in range(3)]
         gamma, beta = (torch.randn(c, dtype=dtype, requires_grad=True) for _ in range(2))
         with ops.use_backend("triton"):
+            triplane_decode(latent, (t, h, w), weights, biases).float().sum().backward()
             v, y = triplane_decode(latent, (t, h, w), weights, biases, norm_weight=gamma, norm_bias=beta)
             (v.float().sum() + y.float().sum()).backward()
             x = torch.randn(b, t * h * w, c, dtype=dtype, requires_grad=True)
