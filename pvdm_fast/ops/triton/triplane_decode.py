@@ -64,21 +64,29 @@ def _ln_means_kernel(DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, PartG, PartB, NT,
                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     # Per token: a1 = mean_c(gamma * dy), a2 = mean_c(gamma * dy * xhat). Per program (ROW_BLOCKS blocks of
     # BLOCK_N tokens): its share of the LayerNorm weight and bias gradients, sum(dy * xhat) and sum(dy).
+    # The axis-sum pass reads dY again right after, frame by frame from t = 0 (every batch item at once).
+    # So this pass walks the frames the other way, t = T-1 first, and asks L2 to keep dY: the frames the
+    # sums start with are the last read here, the likeliest still in L2.
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     cm = cols < C
     gamma = tl.load(G + cols, mask=cm, other=0.0)[None, :]
     dg = tl.zeros([BLOCK_C], dtype=tl.float32)
     db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    hw = H * W
+    frame = NT // T  # tokens of one frame over the batch
     for i in range(0, ROW_BLOCKS):
-        n = (pid * ROW_BLOCKS + i) * BLOCK_N + tl.arange(0, BLOCK_N)
-        nm = n < NT
+        k = (pid * ROW_BLOCKS + i) * BLOCK_N + tl.arange(0, BLOCK_N)  # frame-major, last frame first
+        nm = k < NT
+        r = k % frame
+        n = ((r // hw) * T + (T - 1 - k // frame)) * hw + r % hw
         m = nm[:, None] & cm[None, :]
         v = _load_volume(PXY, PYT, PXT, n, cols, m, T, H, W, C)
         mean = tl.load(Mean + n, mask=nm, other=0.0)
         rstd = tl.load(Rstd + n, mask=nm, other=0.0)
         xhat = tl.where(m, (v - mean[:, None]) * rstd[:, None], 0.0)
-        dy = tl.load(DY + n[:, None] * C + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + n[:, None] * C + cols[None, :], mask=m, other=0.0,
+                     eviction_policy="evict_last").to(tl.float32)
         gy = dy * gamma
         tl.store(A1 + n, tl.sum(gy, axis=1) / C, mask=nm)
         tl.store(A2 + n, tl.sum(gy * xhat, axis=1) / C, mask=nm)
@@ -136,7 +144,7 @@ def _sums_kernel(DV, DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, DXY, DYT, DXT, T,
         for t in range(0, T):
             n = t * hw + pos
             tile = (n * C)[:, :, None] + c3
-            g = tl.load(DV + tile, mask=m, other=0.0).to(tl.float32)
+            g = tl.load(DV + tile, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
             yt = ((t * W + xs) * C)[:, None] + cols[None, :]
             xt = ((t * H + ys) * C)[:, None] + cols[None, :]
             xtm = ym[:, None] & cm[None, :]
@@ -149,7 +157,7 @@ def _sums_kernel(DV, DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, DXY, DYT, DXT, T,
                 a1 = tl.load(A1 + n, mask=pm, other=0.0)[:, :, None]
                 a2 = tl.load(A2 + n, mask=pm, other=0.0)[:, :, None]
                 xhat = tl.where(m, (v - mean) * rstd, 0.0)
-                dy = tl.load(DY + tile, mask=m, other=0.0).to(tl.float32)
+                dy = tl.load(DY + tile, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
                 g += rstd * (dy * gamma - a1 - xhat * a2)
                 g = tl.where(m, g, 0.0)
             acc_xy += g
