@@ -17,7 +17,7 @@ for the decode alone, 4.25 with the LayerNorm, 6.1-6.3 for a gather):
   (a row pass), while the axis sums run over 16-byte channel slices (a program per batch item and
   slice, so that it holds whole sums). Add the float32 plane gradients and the per-token statistics:
   about 5.7, so at most ~75% of copy bandwidth at these counts, unless the second read of dY hits L2
-  (the Triton backward orders and hints its loads for that; all of dY fits an H100's L2 at batch <= 2).
+  (the Triton backward orders and hints its loads for that; dY is 25 MB at batch 2, an H100 has 50 MB of L2).
 - axis_gather+ln: the backward reads x again to rebuild the LayerNorm input, plus ~0.2 of partial
   sums: about 7.3-7.5, at most ~84%.
 """
