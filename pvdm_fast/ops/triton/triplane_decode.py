@@ -135,6 +135,7 @@ def _sums_kernel(DV, DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, DXY, DYT, DXT, T,
         ym = ys < H
         pm = ym[:, None] & xm[None, :]
         m = pm[:, :, None] & cm[None, None, :]
+        xtm = ym[:, None] & cm[None, :]  # a (y, channel) row of dP_xt
         pos = ys[:, None] * W + xs[None, :]  # y*W + x
         if HAS_NORM:  # P_xy does not depend on t: one load per block of rows
             pxy = tl.load(PXY + (pos * C)[:, :, None] + c3, mask=m, other=0.0).to(tl.float32)
@@ -147,7 +148,6 @@ def _sums_kernel(DV, DY, PXY, PYT, PXT, G, Mean, Rstd, A1, A2, DXY, DYT, DXT, T,
             g = tl.load(DV + tile, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
             yt = ((t * W + xs) * C)[:, None] + cols[None, :]
             xt = ((t * H + ys) * C)[:, None] + cols[None, :]
-            xtm = ym[:, None] & cm[None, :]
             if HAS_NORM:
                 pyt = tl.load(PYT + yt, mask=ytm, other=0.0).to(tl.float32)
                 pxt = tl.load(PXT + xt, mask=xtm, other=0.0).to(tl.float32)
