@@ -237,7 +237,21 @@ def test_launcher_valid_call_without_gpu_is_runtime_error(norm):
 @pytest.mark.parametrize("axis", AXES)
 @pytest.mark.parametrize("grid,c", [(GRID, 37), ((16, 8, 8), 64), ((16, 32, 32), 384)])
 def test_gpu_backends(grid, c, axis, backend, dtype, norm):
-    inputs = _inputs(2, grid, c, axis, dtype, device="cuda")
+    _check_backend(backend, grid, c, axis, dtype, norm, "cuda")
+
+
+# The CUDA kernels in the CPU emulation (python_tests/cuda_emu), on CPU tensors: the GPU test's checks, with
+# 8 and 1024 channels (the 16-byte path's narrowest row, the widest row a warp holds) beside 37.
+@pytest.mark.parametrize("norm", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("axis", AXES)
+@pytest.mark.parametrize("grid,c", [(GRID, 37), ((4, 3, 5), 8), ((2, 3, 2), 1024)])
+def test_emulated_cuda_kernels(emulated_cuda, grid, c, axis, dtype, norm):
+    _check_backend("cuda", grid, c, axis, dtype, norm, "cpu")
+
+
+def _check_backend(backend, grid, c, axis, dtype, norm, device):
+    inputs = _inputs(2, grid, c, axis, dtype, device=device)
     got = _run(axis_gather, backend, axis, *inputs, norm, grid=grid)
     same = lambda: _run(axis_gather, "reference", axis, *inputs, norm, grid=grid)  # noqa: E731
     assert_backend_matches(got, same, _truth(axis, *inputs, norm=norm, grid=grid), dtype, f"{backend} {axis}")

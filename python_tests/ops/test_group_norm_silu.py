@@ -189,8 +189,19 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 @pytest.mark.parametrize("case", CASES + [(4, 256, [1024, 512, 512], 32, True, True, True),
                                           (4, 1024, [16, 8, 8], 32, True, True, True)])
 def test_gpu_backends(backend, dtype, case):
+    _check_backend(backend, dtype, case, "cuda")
+
+
+# The CUDA kernels in the CPU emulation (python_tests/cuda_emu), on CPU tensors: the GPU test's checks.
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("case", CASES + [(2, 64, [64, 32, 32], 32, True, True, True)])
+def test_emulated_cuda_kernels(emulated_cuda, dtype, case):
+    _check_backend("cuda", dtype, case, "cpu")
+
+
+def _check_backend(backend, dtype, case, device):
     b, c, segs, groups, ws, wsh, silu = case
-    inputs = _inputs(b, c, segs, ws, wsh, dtype, device="cuda", offset=1.0)
+    inputs = _inputs(b, c, segs, ws, wsh, dtype, device=device, offset=1.0)
     got = _run(backend, *inputs, segs, groups, silu)
     truth = _truth(*[t.cpu() if t is not None else None for t in inputs], segs, groups, silu)
     if dtype == torch.float32:

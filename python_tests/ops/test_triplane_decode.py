@@ -313,3 +313,31 @@ def test_triton_backward_in_blocks_of_rows_and_tokens(monkeypatch, norm, wide):
     assert_fp32_matches(got, _truth((t, h, w), *inputs, norm), "triton")
     if norm:
         assert calls and calls[0] > 4
+
+
+# ---- the CUDA kernels in the CPU emulation (python_tests/cuda_emu): the GPU test's cases and dtypes,
+# plus the largest and smallest channel counts, run here on CPU tensors
+
+EMULATED_CASES = CASES + [(2, 4, 8, 8, 64, 4), (1, 2, 3, 5, 1024, 4), (2, 3, 4, 5, 1, 4)]
+
+
+@pytest.mark.parametrize("norm", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", EMULATED_CASES)
+def test_emulated_cuda_kernels(emulated_cuda, case, dtype, norm):
+    b, t, h, w, c, e = case
+    inputs = _inputs(b, t, h, w, c, e, dtype)
+    got = _run(triplane_decode, "cuda", (t, h, w), *inputs, norm)
+    same = lambda: _run(triplane_decode_reference, "reference", (t, h, w), *inputs, norm)  # noqa: E731
+    assert_backend_matches(got, same, _truth((t, h, w), *inputs, norm), dtype, "cuda (emulated)")
+
+
+def test_emulated_cuda_unaligned_storage_uses_scalar_path(emulated_cuda):
+    b, t, h, w, c = 1, 3, 5, 7, 64
+    buf = torch.randn(1 + b * h * w * c, dtype=torch.float16)
+    p_xy = buf[1:].view(b, h, w, c)  # 2 bytes past an aligned address: no 16-byte loads
+    p_yt, p_xt = torch.randn(b, t, w, c, dtype=torch.float16), torch.randn(b, t, h, c, dtype=torch.float16)
+    with use_backend("cuda"):
+        v = triplane_sum(p_xy, p_yt, p_xt)
+    expected = (p_xy.double()[:, None] + p_yt.double()[:, :, None] + p_xt.double()[:, :, :, None]).flatten(1, 3)
+    torch.testing.assert_close(v.double(), expected, rtol=1e-3, atol=2e-3)

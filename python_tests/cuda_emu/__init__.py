@@ -1,0 +1,182 @@
+"""The CUDA kernels of kernels/, built for the CPU emulation of emu.h: `load()` returns a `_C` module
+compiled from the real csrc/ launchers and bindings and the real kernels/ sources, translated as
+little as possible (kernel launches and `extern __shared__` declarations), so that the `cuda`
+backends of the fused ops run on CPU tensors in the test suite.
+
+The build takes about a minute on two cores and is cached under build/cuda_emu/<hash of every input>.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import importlib.util
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from types import ModuleType
+from typing import List, Optional
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CACHE = ROOT / "build" / "cuda_emu"
+
+# kernel<<<cfg>>>(args); and `kernel<T><<<...>>>(...)`; the config may hold casts such as
+# static_cast<unsigned>(n) but no `>>>`.
+_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\)\s*;", re.S)
+_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\s*\]\s*;")
+_FLAGS = ["-std=c++17", "-O1", "-g0", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-pthread"]
+
+
+class EmulationUnavailable(RuntimeError):
+    """No C++ compiler or pybind11 here: the emulated kernels cannot be built."""
+
+
+def translate(source: str, name: str) -> str:
+    """A kernels/ source as the emulation compiles it: launches call emu::launch, dynamic shared
+    memory comes from emu::dynamic_shared. Raises on a launch or declaration it cannot rewrite."""
+
+    def launch(m: re.Match) -> str:
+        args = m[3].strip()
+        return f"::emu::launch(::emu::config({m[2]}), {m[1]}{', ' + args if args else ''});"
+
+    out = _DYNAMIC_SHARED.sub(lambda m: f"{m[1]}* const {m[2]} = ::emu::dynamic_shared<{m[1]}>();", source)
+    out = _LAUNCH.sub(launch, out)
+    if "<<<" in out or re.search(r"extern\s+__shared__", out):
+        raise RuntimeError(f"{name}: a kernel launch or an `extern __shared__` declaration that the emulation "
+                           f"build cannot translate (python_tests/cuda_emu/__init__.py)")
+    return out
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise EmulationUnavailable("no C++ compiler (g++) on PATH")
+    return cxx
+
+
+def _pybind11_include() -> str:
+    try:
+        import pybind11
+    except ImportError as exc:  # pragma: no cover - a test dependency
+        raise EmulationUnavailable("pybind11 is not installed (pip install '.[test]')") from exc
+    return pybind11.get_include()
+
+
+def _inputs() -> List[pathlib.Path]:
+    files = sorted((ROOT / "kernels").glob("*")) + sorted((ROOT / "csrc").glob("*"))
+    files += sorted(HERE.glob("*.h")) + sorted(HERE.glob("*.cpp")) + sorted((HERE / "include").glob("*"))
+    return [f for f in files if f.is_file()] + [pathlib.Path(__file__)]
+
+
+def _key(cxx: str, includes: List[str]) -> str:
+    h = hashlib.sha256()
+    for f in _inputs():
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    h.update("\0".join([version, sys.version, *includes, *_FLAGS]).encode())
+    return h.hexdigest()[:16]
+
+
+def _compile(cxx: str, src: pathlib.Path, obj: pathlib.Path, flags: List[str]) -> None:
+    cmd = [cxx, *_FLAGS, *flags, "-c", str(src), "-o", str(obj)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"emulation build failed: {' '.join(cmd)}\n{run.stderr[-6000:]}")
+
+
+def build(jobs: Optional[int] = None) -> pathlib.Path:
+    """Path of the emulated `_C` extension, built unless cached."""
+    cxx = _compiler()
+    includes = [_pybind11_include(), sysconfig.get_paths()["include"]]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    final = CACHE / _key(cxx, includes)
+    lib = final / f"_C{suffix}"
+    if lib.exists():
+        return lib
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="tmp-", dir=CACHE))
+    try:
+        (work / "kernels").mkdir()
+        (work / "csrc").mkdir()
+        for f in (ROOT / "kernels").iterdir():
+            if f.is_file():
+                (work / "kernels" / f.name).write_text(translate(f.read_text(), f"kernels/{f.name}"))
+        for f in (ROOT / "csrc").iterdir():
+            if f.is_file():
+                shutil.copy2(f, work / "csrc" / f.name)
+        kernel_flags = ["-x", "c++", "-I", str(HERE / "include"), "-include", str(HERE / "include" / "cuda_runtime.h")]
+        host_flags = ["-DPVDM_WITH_CUDA", '-DPVDM_CUDA_ARCHS_STR="emulated"', *(f"-I{i}" for i in includes)]
+        units = [(work / "kernels" / f.name, kernel_flags) for f in sorted((ROOT / "kernels").glob("*.cu"))]
+        units += [(work / "csrc" / f.name, host_flags) for f in sorted((ROOT / "csrc").glob("*.cpp"))]
+        selftest = work / "selftest.cpp"
+        selftest.write_text(translate((HERE / "selftest.cpp").read_text(), "python_tests/cuda_emu/selftest.cpp"))
+        units.append((selftest, kernel_flags))
+        units.append((HERE / "emu_runtime.cpp", []))
+        objs = [work / f"{i}_{src.stem}.o" for i, (src, _) in enumerate(units)]
+        with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
+            for f in [pool.submit(_compile, cxx, src, obj, flags) for (src, flags), obj in zip(units, objs)]:
+                f.result()
+        out = work / lib.name
+        link = subprocess.run([cxx, "-shared", "-pthread", "-o", str(out), *map(str, objs)], capture_output=True,
+                              text=True)
+        if link.returncode != 0:
+            raise RuntimeError(f"emulation link failed:\n{link.stderr[-6000:]}")
+        staged = work / "lib"
+        staged.mkdir()
+        out.rename(staged / lib.name)
+        try:
+            os.replace(staged, final)
+        except OSError:
+            if not lib.exists():  # another process won the race with a complete build, or a real error
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return lib
+
+
+_MODULE: Optional[ModuleType] = None
+
+
+def load() -> ModuleType:
+    """The emulated `_C` (built on first use, then cached for the process)."""
+    global _MODULE
+    if _MODULE is None:
+        spec = importlib.util.spec_from_file_location("cuda_emu._C", build())
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _MODULE = module
+    return _MODULE
+
+
+def activate(monkeypatch) -> ModuleType:
+    """Until `monkeypatch` (pytest's) is undone, the `cuda` backend of every fused op runs the emulated
+    kernels on CPU tensors: `_ext._C` is the emulated module, stream handles are 0, `torch.cuda.device`
+    of a CPU device is a no-op and the dispatcher lets `cuda` take CPU tensors. Returns the module."""
+    import torch
+
+    from pvdm_fast.ops import _ext, dispatch
+
+    module = load()
+    real_device, real_reason = torch.cuda.device, dispatch.backend_unavailable_reason
+
+    def device(d):
+        if isinstance(d, (str, torch.device)) and torch.device(d).type == "cpu":
+            return contextlib.nullcontext()
+        return real_device(d)
+
+    def reason(backend: str, device_type: str):
+        return real_reason(backend, "cuda" if backend == "cuda" else device_type)
+
+    monkeypatch.setattr(_ext, "_C", module)
+    monkeypatch.setattr(_ext, "stream_handle", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(dispatch, "_CUDA_OK", True)
+    monkeypatch.setattr(dispatch, "backend_unavailable_reason", reason)
+    return module

@@ -1,0 +1,310 @@
+// The fiber scheduler behind emu.h: runs a grid block by block, every CUDA thread of a block as a
+// ucontext fiber, and turns what would hang or be undefined on a GPU into a launch error.
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "emu.h"
+
+namespace emu {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr int kDefaultDynamicShared = 48 * 1024;
+// Opt-in dynamic shared memory limit of sm_80 (163 KB), the smaller of the two architectures the
+// kernels are built for (sm_90: 227 KB).
+constexpr int kMaxDynamicShared = 163 * 1024;
+constexpr unsigned kMaxThreads = 1024;
+
+enum class State { kReady, kBarrier, kShuffle, kDone };
+
+struct Fiber {
+  ucontext_t ctx;
+  uint3 tid;
+  State state = State::kReady;
+  Shuffle kind = Shuffle::kXor;
+  unsigned mask = 0;
+  uint64_t bits = 0, result = 0;
+  int arg = 0;
+};
+
+struct Block {
+  dim3 grid, block;
+  uint3 bid{0, 0, 0};
+  const std::function<void()>* body = nullptr;
+  std::vector<Fiber> fibers;
+  Fiber* current = nullptr;
+  ucontext_t scheduler;
+  unsigned char* shared = nullptr;
+  std::string error;  // set while a block runs: the launch stops
+};
+
+thread_local Block* running = nullptr;
+thread_local cudaError_t pending = cudaSuccess;
+thread_local std::string message;
+
+std::mutex attr_mutex;
+std::map<const void*, int>& max_dynamic() {
+  static std::map<const void*, int> m;
+  return m;
+}
+
+Block& block_or_die() {
+  if (!running) {
+    std::fputs("emu: a device builtin was used outside a kernel\n", stderr);
+    std::abort();
+  }
+  return *running;
+}
+
+void fiber_main() {
+  Block& b = *running;
+  (*b.body)();
+  b.current->state = State::kDone;
+  swapcontext(&b.current->ctx, &b.scheduler);  // a finished fiber is never resumed
+}
+
+void yield(State s) {
+  Block& b = block_or_die();
+  Fiber* f = b.current;
+  f->state = s;
+  swapcontext(&f->ctx, &b.scheduler);
+}
+
+[[noreturn]] void fail_in_kernel(const std::string& why) {
+  Block& b = block_or_die();
+  b.error = why;
+  yield(State::kShuffle);  // the scheduler sees the error and abandons the block
+  std::abort();
+}
+
+std::string tid_str(const uint3& t) {
+  return "(" + std::to_string(t.x) + ", " + std::to_string(t.y) + ", " + std::to_string(t.z) + ")";
+}
+
+std::string lanes_str(const std::vector<int>& lanes) {
+  std::string s;
+  for (size_t i = 0; i < lanes.size() && i < 8; ++i) s += (i ? ", " : "") + std::to_string(lanes[i]);
+  if (lanes.size() > 8) s += ", ... (" + std::to_string(lanes.size()) + ")";
+  return s;
+}
+
+const char* shuffle_name(Shuffle k) {
+  switch (k) {
+    case Shuffle::kXor: return "__shfl_xor_sync";
+    case Shuffle::kDown: return "__shfl_down_sync";
+    case Shuffle::kUp: return "__shfl_up_sync";
+  }
+  return "?";
+}
+
+// Completes every warp whose 32 lanes all wait at a shuffle. Returns whether any did; sets b.error on
+// a shuffle that can never complete correctly.
+bool resolve_shuffles(Block& b) {
+  const int n = static_cast<int>(b.fibers.size());
+  bool released = false;
+  for (int w0 = 0; w0 < n; w0 += 32) {
+    const int lanes = std::min(32, n - w0);
+    std::vector<int> waiting, exited, at_barrier;
+    for (int l = 0; l < lanes; ++l) {
+      const State s = b.fibers[w0 + l].state;
+      if (s == State::kShuffle) waiting.push_back(l);
+      if (s == State::kDone) exited.push_back(l);
+      if (s == State::kBarrier) at_barrier.push_back(l);
+    }
+    if (waiting.empty()) continue;
+    const Fiber& first = b.fibers[w0 + waiting[0]];
+    const std::string where = std::string(shuffle_name(first.kind)) + " in warp " + std::to_string(w0 / 32);
+    if (lanes < 32) {
+      b.error = where + ": the warp has only " + std::to_string(lanes) + " threads (block of " + std::to_string(n) +
+                ") but the mask names 32 lanes";
+      return false;
+    }
+    if (!exited.empty()) {
+      b.error = where + ": lanes " + lanes_str(exited) + " exited, but the full mask waits for them";
+      return false;
+    }
+    if (!at_barrier.empty()) continue;  // may still be a deadlock: decided by the caller
+    for (int l = 0; l < 32; ++l) {
+      const Fiber& f = b.fibers[w0 + l];
+      if (f.mask != 0xffffffffu) {
+        b.error = where + ": lane " + std::to_string(l) + " passed mask " + std::to_string(f.mask) +
+                  "; only full-warp shuffles are emulated";
+        return false;
+      }
+      if (f.kind != first.kind) {
+        b.error = where + ": lane " + std::to_string(l) + " is at " + shuffle_name(f.kind) + " instead";
+        return false;
+      }
+    }
+    for (int l = 0; l < 32; ++l) {
+      Fiber& f = b.fibers[w0 + l];
+      int src = l;
+      switch (f.kind) {
+        case Shuffle::kXor: src = l ^ f.arg; break;
+        case Shuffle::kDown: src = l + f.arg; break;
+        case Shuffle::kUp: src = l - f.arg; break;
+      }
+      f.result = (src >= 0 && src < 32) ? b.fibers[w0 + src].bits : f.bits;
+    }
+    for (int l = 0; l < 32; ++l) b.fibers[w0 + l].state = State::kReady;
+    released = true;
+  }
+  return released;
+}
+
+bool reverse_order() {
+  const char* e = std::getenv("PVDM_EMU_ORDER");
+  return e && std::string(e) == "reverse";
+}
+
+// Runs one block to its end. False (with b.error) when it cannot finish.
+bool run_block(Block& b, unsigned char* stacks, size_t page, size_t smem_bytes, bool reverse) {
+  const unsigned bx = b.block.x, by = b.block.y;
+  const int n = static_cast<int>(b.fibers.size());
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = b.fibers[i];
+    f.state = State::kReady;
+    const unsigned u = static_cast<unsigned>(i);
+    f.tid = uint3{u % bx, (u / bx) % by, u / (bx * by)};
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = stacks + static_cast<size_t>(i) * kStackBytes + page;  // above its guard page
+    f.ctx.uc_stack.ss_size = kStackBytes - page;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_main, 0);
+  }
+  std::memset(b.shared, 0xff, smem_bytes);  // NaN floats: reads before writes show up
+  for (;;) {
+    for (int k = 0; k < n; ++k) {
+      Fiber& f = b.fibers[reverse ? n - 1 - k : k];
+      if (f.state != State::kReady) continue;
+      b.current = &f;
+      swapcontext(&b.scheduler, &f.ctx);
+      if (!b.error.empty()) return false;
+    }
+    const bool released = resolve_shuffles(b);
+    if (!b.error.empty()) return false;
+    if (released) continue;
+    std::vector<int> at_barrier, at_shuffle;
+    for (int i = 0; i < n; ++i) {
+      if (b.fibers[i].state == State::kBarrier) at_barrier.push_back(i);
+      if (b.fibers[i].state == State::kShuffle) at_shuffle.push_back(i);
+    }
+    if (at_barrier.empty() && at_shuffle.empty()) return true;
+    if (at_shuffle.empty()) {  // every thread that has not exited waits at __syncthreads
+      for (int i : at_barrier) b.fibers[i].state = State::kReady;
+      continue;
+    }
+    b.error = "deadlock: threads " + lanes_str(at_barrier) + " wait at __syncthreads while threads " +
+              lanes_str(at_shuffle) + " wait at a warp shuffle that needs them";
+    return false;
+  }
+}
+
+}  // namespace
+
+const uint3& thread_idx() { return block_or_die().current->tid; }
+const uint3& block_idx() { return block_or_die().bid; }
+const dim3& block_dim() { return block_or_die().block; }
+const dim3& grid_dim() { return block_or_die().grid; }
+
+void syncthreads() { yield(State::kBarrier); }
+
+uint64_t shuffle(Shuffle kind, unsigned mask, uint64_t bits, int arg, int width) {
+  if (width != 32) fail_in_kernel(std::string(shuffle_name(kind)) + " with width " + std::to_string(width) +
+                                  ": only width 32 is emulated");
+  Fiber* f = block_or_die().current;
+  f->kind = kind, f->mask = mask, f->bits = bits, f->arg = arg;
+  yield(State::kShuffle);
+  return f->result;
+}
+
+void* dynamic_shared_bytes() { return block_or_die().shared; }
+
+void set_error(cudaError_t code, const char* msg) {
+  pending = code;
+  message = msg;
+}
+
+cudaError_t take_error() {
+  const cudaError_t e = pending;
+  pending = cudaSuccess;
+  return e;
+}
+
+const char* last_message() { return message.c_str(); }
+
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
+  if (bytes < 0 || bytes > kMaxDynamicShared) return cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lock(attr_mutex);
+  max_dynamic()[kernel] = bytes;
+  return cudaSuccess;
+}
+
+void run_grid(const Config& cfg, const void* kernel, const std::function<void()>& body) {
+  const dim3 g = cfg.grid, k = cfg.block;
+  const auto launch_error = [&](cudaError_t code, const std::string& why) {
+    set_error(code, ("emulated launch of grid " + tid_str(uint3{g.x, g.y, g.z}) + ", block " +
+                     tid_str(uint3{k.x, k.y, k.z}) + ", " + std::to_string(cfg.smem) + " B shared: " + why)
+                        .c_str());
+  };
+  if (running) return launch_error(cudaErrorLaunchFailure, "launched from inside a kernel");
+  const unsigned long long threads = 1ull * k.x * k.y * k.z;
+  if (threads == 0 || threads > kMaxThreads || k.z > 64)
+    return launch_error(cudaErrorInvalidConfiguration, "a block holds 1 to 1024 threads (z at most 64)");
+  if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 0x7fffffffu || g.y > 65535 || g.z > 65535)
+    return launch_error(cudaErrorInvalidConfiguration, "grid sizes are 1..2**31-1 (x) and 1..65535 (y, z)");
+  int limit = kDefaultDynamicShared;
+  {
+    std::lock_guard<std::mutex> lock(attr_mutex);
+    const auto it = max_dynamic().find(kernel);
+    if (it != max_dynamic().end()) limit = it->second;
+  }
+  if (cfg.smem > static_cast<size_t>(limit))
+    return launch_error(cudaErrorInvalidValue, "dynamic shared memory over this kernel's limit of " +
+                                                   std::to_string(limit) + " B (cudaFuncSetAttribute)");
+
+  // Each fiber stack sits above a PROT_NONE page (stacks grow down), so an overflow faults instead of
+  // corrupting the neighbouring stack.
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t bytes = static_cast<size_t>(threads) * kStackBytes;
+  void* map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (map == MAP_FAILED) return launch_error(cudaErrorLaunchFailure, "cannot map the fiber stacks");
+  unsigned char* stacks = static_cast<unsigned char*>(map);
+  for (unsigned long long i = 0; i < threads; ++i) mprotect(stacks + i * kStackBytes, page, PROT_NONE);
+  std::vector<uint4> shared((cfg.smem + sizeof(uint4) - 1) / sizeof(uint4) + 1);
+
+  Block b;
+  b.grid = g, b.block = k, b.body = &body;
+  b.fibers.resize(threads);
+  b.shared = reinterpret_cast<unsigned char*>(shared.data());
+  const bool reverse = reverse_order();
+  const unsigned long long blocks = 1ull * g.x * g.y * g.z;
+  running = &b;
+  for (unsigned long long i = 0; i < blocks; ++i) {
+    const unsigned long long j = reverse ? blocks - 1 - i : i;
+    b.bid = uint3{static_cast<unsigned>(j % g.x), static_cast<unsigned>((j / g.x) % g.y),
+                  static_cast<unsigned>(j / (1ull * g.x * g.y))};
+    if (!run_block(b, stacks, page, cfg.smem, reverse)) {
+      running = nullptr;
+      munmap(map, bytes);
+      return launch_error(cudaErrorLaunchFailure, "block " + tid_str(b.bid) + ": " + b.error);
+    }
+  }
+  running = nullptr;
+  munmap(map, bytes);
+}
+
+}  // namespace emu
+
+const char* cudaGetErrorString(cudaError_t code) {
+  if (code == cudaSuccess) return "no error";
+  return *emu::last_message() ? emu::last_message() : "emulated CUDA error";
+}

@@ -1,0 +1,133 @@
+"""The CPU emulation that runs kernels/ in the test suite (python_tests/cuda_emu) checked against CUDA's
+semantics: shuffles, barriers, the launch limits, the errors a GPU would hang on, the 16-bit
+conversions, and the source translation."""
+
+import ctypes
+
+import pytest
+import torch
+
+import cuda_emu
+
+MSG = 512
+
+
+@pytest.fixture(scope="module")
+def lib():
+    try:
+        return ctypes.CDLL(str(cuda_emu.build()))
+    except cuda_emu.EmulationUnavailable as exc:
+        pytest.skip(f"the CUDA emulation cannot be built here: {exc}")
+
+
+def _call(fn, *args):
+    msg = ctypes.create_string_buffer(MSG)
+    code = fn(*args, msg, MSG)
+    return code, msg.value.decode()
+
+
+def _ptr(t: torch.Tensor):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_shuffles_read_the_lanes_cuda_defines(lib, monkeypatch, order):
+    monkeypatch.setenv("PVDM_EMU_ORDER", order)
+    out = torch.full((64 * 3,), -1.0)
+    assert _call(lib.emu_shuffles, _ptr(out), 64) == (0, "")
+    lane = torch.arange(64) % 32
+    expect = torch.stack([lane ^ 1, torch.where(lane + 3 < 32, lane + 3, lane),
+                          torch.where(lane >= 5, lane - 5, lane)], 1).flatten().float()
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_barrier_orders_shared_memory_across_warps_and_blocks(lib, monkeypatch, order):
+    monkeypatch.setenv("PVDM_EMU_ORDER", order)
+    blocks, threads = 3, 96
+    out = torch.full((blocks * threads,), -1.0)
+    assert _call(lib.emu_barrier_neighbour, _ptr(out), blocks, threads) == (0, "")
+    t = torch.arange(threads)
+    expect = torch.cat([((t + 1) % threads + 1000 * b).float() for b in range(blocks)])
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+
+
+def test_unwritten_shared_memory_reads_nan(lib):
+    out = torch.zeros(64)
+    assert _call(lib.emu_read_unwritten, _ptr(out), 64)[0] == 0
+    assert torch.isnan(out).all()
+
+
+def test_barrier_against_shuffle_is_a_deadlock_error(lib):
+    code, msg = _call(lib.emu_barrier_against_shuffle, _ptr(torch.zeros(64)))
+    assert code != 0 and "deadlock" in msg and "__syncthreads" in msg, msg
+
+
+def test_full_mask_shuffle_after_a_lane_exited_is_an_error(lib):
+    code, msg = _call(lib.emu_shuffle_after_exit, _ptr(torch.zeros(32)))
+    assert code != 0 and "exited" in msg and "__shfl_down_sync" in msg, msg
+
+
+def test_full_mask_shuffle_in_a_partial_warp_is_an_error(lib):
+    code, msg = _call(lib.emu_shuffles, _ptr(torch.zeros(48 * 3)), 48)
+    assert code != 0 and "only 16 threads" in msg, msg
+
+
+@pytest.mark.parametrize("shape,smem,limit,ok", [
+    ((1, 1, 1024, 1, 1), 0, -1, True),
+    ((1, 1, 1025, 1, 1), 0, -1, False),       # over 1024 threads
+    ((1, 1, 2, 2, 65), 0, -1, False),         # block z over 64
+    ((1, 65536, 32, 1, 1), 0, -1, False),     # grid y over 65535
+    ((1, 1, 32, 1, 1), 48 * 1024, -1, True),  # CUDA's default dynamic shared memory limit
+    ((1, 1, 32, 1, 1), 48 * 1024 + 4, -1, False),
+    ((1, 1, 32, 1, 1), 96 * 1024, 96 * 1024, True),  # after cudaFuncSetAttribute
+    ((1, 1, 32, 1, 1), 0, 163 * 1024 + 4, False),    # over sm_80's opt-in limit: the attribute is refused
+])
+def test_launch_limits(lib, shape, smem, limit, ok):
+    code, msg = _call(lib.emu_launch_shape, *shape, smem, limit)
+    assert (code == 0) == ok, msg
+    if not ok:
+        assert msg, "a refused launch says why"
+
+
+def test_half_conversions_match_torch_bit_for_bit(lib):
+    bits = torch.arange(65536, dtype=torch.int32).to(torch.int16)
+    halves = bits.view(torch.float16)
+    back = torch.empty(65536)
+    lib.emu_from_half(_ptr(bits), _ptr(back), 65536)
+    finite = ~torch.isnan(halves)
+    assert torch.equal(back[finite], halves.float()[finite]) and torch.isnan(back[~finite]).all()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([
+        torch.randn(200000, generator=g) * 10.0 ** torch.randint(-9, 6, (200000,), generator=g),
+        halves.float()[finite],                         # every half, exactly representable
+        (halves.float()[finite] + halves.float()[finite].roll(1)) / 2,  # midpoints: ties to even
+        torch.tensor([65504.0, 65519.99, 65520.0, 1e6, -1e6, float("inf"), -float("inf"), 2.0**-25, 2.0**-26,
+                      3 * 2.0**-26, 1e-45, -0.0, 0.0]),
+    ])
+    x = x[torch.isfinite(x) | torch.isinf(x)]
+    for name, fn, dtype in [("half", lib.emu_to_half, torch.float16), ("bf16", lib.emu_to_bf16, torch.bfloat16)]:
+        got = torch.empty(x.numel(), dtype=torch.int16)
+        fn(_ptr(x), _ptr(got), x.numel())
+        expect = x.to(dtype).view(torch.int16)
+        bad = (got != expect).nonzero().flatten()
+        assert bad.numel() == 0, f"{name}: {x[bad[:5]].tolist()} -> {got[bad[:5]].tolist()} != {expect[bad[:5]].tolist()}"
+    nan = torch.tensor([float("nan")])
+    for fn, dtype in [(lib.emu_to_half, torch.float16), (lib.emu_to_bf16, torch.bfloat16)]:
+        got = torch.empty(1, dtype=torch.int16)
+        fn(_ptr(nan), _ptr(got), 1)
+        assert torch.isnan(got.view(dtype)).all()
+
+
+def test_translate_rewrites_launches_and_dynamic_shared_memory():
+    src = ("extern __shared__ float smem[];\n"
+           "k<T, 4><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(p, q);\n"
+           "kernel<<<grid, block>>>();\n")
+    out = cuda_emu.translate(src, "x.cu")
+    assert "float* const smem = ::emu::dynamic_shared<float>();" in out
+    assert "::emu::launch(::emu::config(static_cast<unsigned>(n), kThreads, 0, stream), k<T, 4>, p, q);" in out
+    assert "::emu::launch(::emu::config(grid, block), kernel);" in out
+    for bad in ["extern __shared__ __align__(16) char raw[];", "(*table[i])<<<1, 32>>>(p);"]:
+        with pytest.raises(RuntimeError, match="cannot translate"):
+            cuda_emu.translate(bad, "bad.cu")
