@@ -341,3 +341,23 @@ def test_emulated_cuda_unaligned_storage_uses_scalar_path(emulated_cuda):
         v = triplane_sum(p_xy, p_yt, p_xt)
     expected = (p_xy.double()[:, None] + p_yt.double()[:, :, None] + p_xt.double()[:, :, :, None]).flatten(1, 3)
     torch.testing.assert_close(v.double(), expected, rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_emulated_cuda_backward_over_48kb_of_shared_memory(emulated_cuda, norm):
+    # T*(h+w) = 1560 rows of 16-byte accumulators: 49920 bytes, over CUDA's default 48 KB of dynamic shared
+    # memory, so the launcher must raise the kernel's limit first (cudaFuncSetAttribute).
+    from pvdm_fast.ops.triplane_decode import _BACKWARD, _FORWARD
+    b, t, h, w, c = 1, 26, 30, 30, 8
+    p_xy, p_yt, p_xt = (torch.randn(s, dtype=torch.float16) for s in [(b, h, w, c), (b, t, w, c), (b, t, h, c)])
+    gamma, beta = (torch.randn(c), torch.randn(c)) if norm else (None, None)
+    up = lambda x: None if x is None else x.double()  # noqa: E731
+    _, _, mean, rstd = _FORWARD["reference"](up(p_xy), up(p_yt), up(p_xt), up(gamma), up(beta), 1e-5)
+    dv = torch.randn(b, t * h * w, c, dtype=torch.float16)
+    dy = torch.randn_like(dv) if norm else None
+    stats = (mean.float(), rstd.float()) if norm else (None, None)
+    got = _BACKWARD["cuda"](dv, dy, p_xy, p_yt, p_xt, gamma, *stats)
+    truth = _BACKWARD["reference"](up(dv), up(dy), up(p_xy), up(p_yt), up(p_xt), up(gamma), *(
+        (mean, rstd) if norm else (None, None)))
+    for name, g, r in zip(["d_xy", "d_yt", "d_xt", "dgamma", "dbeta"], got, truth):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-3, msg=name)
