@@ -45,17 +45,18 @@ def golden():
 
 @pytest.fixture
 def emulated_cuda(monkeypatch):
-    """The `cuda` backends run kernels/ in the CPU emulation of python_tests/cuda_emu, on CPU tensors.
-    torch.empty fills NaN meanwhile (deterministic mode), so an output element no kernel writes shows."""
+    """The `cuda` backends run kernels/ in the CPU emulation of python_tests/cuda_emu, on CPU tensors
+    (a cuda_emu.Emulation: `.calls` counts the launcher calls). torch.empty fills NaN meanwhile
+    (deterministic mode), so an output element no kernel writes shows."""
     import cuda_emu
 
     try:
-        module = cuda_emu.activate(monkeypatch)
+        emulation = cuda_emu.activate(monkeypatch)
     except cuda_emu.EmulationUnavailable as exc:
         pytest.skip(f"the CUDA emulation cannot be built here: {exc}")
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield module
+        yield emulation
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])

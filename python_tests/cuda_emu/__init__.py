@@ -8,6 +8,7 @@ The build takes about a minute on two cores and is cached under build/cuda_emu/<
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -155,15 +156,35 @@ def load() -> ModuleType:
     return _MODULE
 
 
-def activate(monkeypatch) -> ModuleType:
+class Emulation:
+    """The emulated `_C` module in use, and how often each of its launchers was called."""
+
+    def __init__(self, module: ModuleType):
+        self.module = module
+        self.calls: collections.Counter = collections.Counter()
+
+
+def activate(monkeypatch) -> Emulation:
     """Until `monkeypatch` (pytest's) is undone, the `cuda` backend of every fused op runs the emulated
     kernels on CPU tensors: `_ext._C` is the emulated module, stream handles are 0, `torch.cuda.device`
-    of a CPU device is a no-op and the dispatcher lets `cuda` take CPU tensors. Returns the module."""
+    of a CPU device is a no-op and the dispatcher lets `cuda` take CPU tensors. Launcher calls are
+    counted, so a test can tell that the kernels ran."""
     import torch
 
     from pvdm_fast.ops import _ext, dispatch
 
     module = load()
+    emulation = Emulation(module)
+    for name in dir(module):
+        launcher = getattr(module, name)
+        if name.startswith("_") or name == "build_info" or not callable(launcher):
+            continue
+
+        def counted(*args, _launcher=launcher, _name=name, **kwargs):
+            emulation.calls[_name] += 1
+            return _launcher(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
     real_device, real_reason = torch.cuda.device, dispatch.backend_unavailable_reason
 
     def device(d):
@@ -179,4 +200,4 @@ def activate(monkeypatch) -> ModuleType:
     monkeypatch.setattr(torch.cuda, "device", device)
     monkeypatch.setattr(dispatch, "_CUDA_OK", True)
     monkeypatch.setattr(dispatch, "backend_unavailable_reason", reason)
-    return module
+    return emulation

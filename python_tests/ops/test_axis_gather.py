@@ -248,6 +248,7 @@ def test_gpu_backends(grid, c, axis, backend, dtype, norm):
 @pytest.mark.parametrize("grid,c", [(GRID, 37), ((4, 3, 5), 8), ((2, 3, 2), 1024)])
 def test_emulated_cuda_kernels(emulated_cuda, grid, c, axis, dtype, norm):
     _check_backend("cuda", grid, c, axis, dtype, norm, "cpu")
+    assert emulated_cuda.calls == {"axis_gather_fwd": 1, "axis_gather_bwd": 1}
 
 
 def _check_backend(backend, grid, c, axis, dtype, norm, device):

@@ -197,6 +197,7 @@ def test_gpu_backends(backend, dtype, case):
 @pytest.mark.parametrize("case", CASES + [(2, 64, [64, 32, 32], 32, True, True, True)])
 def test_emulated_cuda_kernels(emulated_cuda, dtype, case):
     _check_backend("cuda", dtype, case, "cpu")
+    assert emulated_cuda.calls == {"gn_silu_fwd": 1, "gn_silu_bwd": 1}
 
 
 def _check_backend(backend, dtype, case, device):

@@ -328,6 +328,7 @@ def test_emulated_cuda_kernels(emulated_cuda, case, dtype, norm):
     b, t, h, w, c, e = case
     inputs = _inputs(b, t, h, w, c, e, dtype)
     got = _run(triplane_decode, "cuda", (t, h, w), *inputs, norm)
+    assert emulated_cuda.calls == {"triplane_decode_fwd": 1, "triplane_decode_bwd": 1}
     same = lambda: _run(triplane_decode_reference, "reference", (t, h, w), *inputs, norm)  # noqa: E731
     assert_backend_matches(got, same, _truth((t, h, w), *inputs, norm), dtype, "cuda (emulated)")
 
@@ -339,6 +340,7 @@ def test_emulated_cuda_unaligned_storage_uses_scalar_path(emulated_cuda):
     p_yt, p_xt = torch.randn(b, t, w, c, dtype=torch.float16), torch.randn(b, t, h, c, dtype=torch.float16)
     with use_backend("cuda"):
         v = triplane_sum(p_xy, p_yt, p_xt)
+    assert emulated_cuda.calls == {"triplane_decode_fwd": 1}
     expected = (p_xy.double()[:, None] + p_yt.double()[:, :, None] + p_xt.double()[:, :, :, None]).flatten(1, 3)
     torch.testing.assert_close(v.double(), expected, rtol=1e-3, atol=2e-3)
 
@@ -357,6 +359,7 @@ def test_emulated_cuda_backward_over_48kb_of_shared_memory(emulated_cuda, norm):
     dy = torch.randn_like(dv) if norm else None
     stats = (mean.float(), rstd.float()) if norm else (None, None)
     got = _BACKWARD["cuda"](dv, dy, p_xy, p_yt, p_xt, gamma, *stats)
+    assert emulated_cuda.calls == {"triplane_decode_bwd": 1}
     truth = _BACKWARD["reference"](up(dv), up(dy), up(p_xy), up(p_yt), up(p_xt), up(gamma), *(
         (mean, rstd) if norm else (None, None)))
     for name, g, r in zip(["d_xy", "d_yt", "d_xt", "dgamma", "dbeta"], got, truth):
