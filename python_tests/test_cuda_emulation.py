@@ -1,8 +1,12 @@
 """The CPU emulation that runs kernels/ in the test suite (python_tests/cuda_emu) checked against CUDA's
 semantics: shuffles, barriers, the launch limits, the errors a GPU would hang on, the 16-bit
-conversions, and the source translation."""
+conversions, and the source translation; and every CUDA kernel under AddressSanitizer (memcheck)."""
 
 import ctypes
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -131,3 +135,31 @@ def test_translate_rewrites_launches_and_dynamic_shared_memory():
     for bad in ["extern __shared__ __align__(16) char raw[];", "(*table[i])<<<1, 32>>>(p);"]:
         with pytest.raises(RuntimeError, match="cannot translate"):
             cuda_emu.translate(bad, "bad.cu")
+
+
+def _memcheck(monkeypatch, *args):
+    """python_tests/cuda_emu/memcheck.py in a Python with AddressSanitizer preloaded."""
+    cxx = cuda_emu._compiler()
+    asan = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(asan) or not os.path.exists(asan):
+        pytest.skip(f"{cxx} has no AddressSanitizer runtime (libasan.so)")
+    monkeypatch.setenv("PVDM_EMU_SANITIZE", "address")
+    cuda_emu.build()  # here, not under the preloaded runtime
+    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1", PVDM_EMU_SANITIZE="address")
+    script = pathlib.Path(cuda_emu.__file__).with_name("memcheck.py")
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_every_cuda_kernel_is_clean_under_address_sanitizer(monkeypatch):
+    # The CPU counterpart of gpu_check.sh's compute-sanitizer memcheck: benchmarks/sanitizer_driver.py's
+    # calls (every kernel, forward and backward, vectorised and scalar paths, fp32 and bf16).
+    run = _memcheck(monkeypatch)
+    assert run.returncode == 0 and "AddressSanitizer" not in run.stderr, run.stdout + run.stderr[-4000:]
+    for op in ("group_norm_silu", "triplane_decode", "axis_gather"):
+        for dtype in ("float32", "bfloat16"):
+            assert run.stdout.count(f"ran {op} torch.{dtype}") == 2, run.stdout
+
+
+def test_address_sanitizer_setup_reports_a_read_past_a_tensor(monkeypatch):
+    run = _memcheck(monkeypatch, "--read-past-end")
+    assert run.returncode != 0 and "heap-buffer-overflow" in run.stderr, run.stdout + run.stderr[-4000:]

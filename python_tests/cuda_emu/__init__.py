@@ -33,6 +33,17 @@ CACHE = ROOT / "build" / "cuda_emu"
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\)\s*;", re.S)
 _DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\s*\]\s*;")
 _FLAGS = ["-std=c++17", "-O1", "-g0", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-pthread"]
+# PVDM_EMU_SANITIZE=address builds (and loads) an AddressSanitizer variant: the memcheck test runs the
+# kernels in it, in a Python started with libasan preloaded.
+_SANITIZE = {"": [], "address": ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]}
+
+
+def sanitizer() -> str:
+    """The sanitizer the emulation is built with here: PVDM_EMU_SANITIZE ('' or 'address')."""
+    name = os.environ.get("PVDM_EMU_SANITIZE", "")
+    if name not in _SANITIZE:
+        raise ValueError(f"PVDM_EMU_SANITIZE must be empty or 'address', got {name!r}")
+    return name
 
 
 class EmulationUnavailable(RuntimeError):
@@ -76,17 +87,17 @@ def _inputs() -> List[pathlib.Path]:
     return [f for f in files if f.is_file()] + [pathlib.Path(__file__)]
 
 
-def _key(cxx: str, includes: List[str]) -> str:
+def _key(cxx: str, includes: List[str], flags: List[str]) -> str:
     h = hashlib.sha256()
     for f in _inputs():
         h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    h.update("\0".join([version, sys.version, *includes, *_FLAGS]).encode())
+    h.update("\0".join([version, sys.version, *includes, *flags]).encode())
     return h.hexdigest()[:16]
 
 
 def _compile(cxx: str, src: pathlib.Path, obj: pathlib.Path, flags: List[str]) -> None:
-    cmd = [cxx, *_FLAGS, *flags, "-c", str(src), "-o", str(obj)]
+    cmd = [cxx, *flags, "-c", str(src), "-o", str(obj)]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"emulation build failed: {' '.join(cmd)}\n{run.stderr[-6000:]}")
@@ -97,9 +108,11 @@ def build(jobs: Optional[int] = None) -> pathlib.Path:
     cxx = _compiler()
     includes = [_pybind11_include(), sysconfig.get_paths()["include"]]
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    final = CACHE / _key(cxx, includes)
+    flags = _FLAGS + _SANITIZE[sanitizer()]
+    final = CACHE / _key(cxx, includes, flags)
     lib = final / f"_C{suffix}"
     if lib.exists():
+        os.utime(final)  # in use: newest for _prune
         return lib
     CACHE.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix="tmp-", dir=CACHE))
@@ -122,10 +135,10 @@ def build(jobs: Optional[int] = None) -> pathlib.Path:
         units.append((HERE / "emu_runtime.cpp", []))
         objs = [work / f"{i}_{src.stem}.o" for i, (src, _) in enumerate(units)]
         with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
-            for f in [pool.submit(_compile, cxx, src, obj, flags) for (src, flags), obj in zip(units, objs)]:
+            for f in [pool.submit(_compile, cxx, src, obj, flags + extra) for (src, extra), obj in zip(units, objs)]:
                 f.result()
         out = work / lib.name
-        link = subprocess.run([cxx, "-shared", "-pthread", "-o", str(out), *map(str, objs)], capture_output=True,
+        link = subprocess.run([cxx, "-shared", *flags, "-o", str(out), *map(str, objs)], capture_output=True,
                               text=True)
         if link.returncode != 0:
             raise RuntimeError(f"emulation link failed:\n{link.stderr[-6000:]}")
@@ -139,7 +152,16 @@ def build(jobs: Optional[int] = None) -> pathlib.Path:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    _prune(keep=4)
     return lib
+
+
+def _prune(keep: int) -> None:
+    """Removes all but the `keep` newest builds (a plain and a sanitizer build are both in use)."""
+    builds = sorted((d for d in CACHE.iterdir() if d.is_dir() and not d.name.startswith("tmp-")),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in builds[keep:]:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 _MODULE: Optional[ModuleType] = None

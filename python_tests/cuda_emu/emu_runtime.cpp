@@ -1,5 +1,5 @@
 // The fiber scheduler behind emu.h: runs a grid block by block, every CUDA thread of a block as a
-// ucontext fiber, and turns what would hang or be undefined on a GPU into a launch error.
+// fiber, and turns what would hang or be undefined on a GPU into a launch error.
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -13,8 +13,114 @@
 
 #include "emu.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
+
 namespace emu {
 namespace {
+
+// ---- stack switching. On x86-64 a hand-written switch: glibc's swapcontext also saves and restores the
+// signal mask, a system call per switch, and the emulation switches millions of times. Elsewhere ucontext.
+#if defined(__x86_64__)
+extern "C" void pvdm_emu_switch(void** save_sp, void* load_sp);
+// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores the stack
+// pointer in *save_sp (rdi), switches to load_sp (rsi) and restores what that stack saved.
+asm(R"(
+    .text
+    .p2align 4
+    .globl pvdm_emu_switch
+    .hidden pvdm_emu_switch
+    .type pvdm_emu_switch, @function
+pvdm_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size pvdm_emu_switch, .-pvdm_emu_switch
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+
+// A stack that pvdm_emu_switch "returns" into `entry`, entered as if called (rsp = 8 mod 16).
+void context_init(Context& c, unsigned char* stack, size_t size, void (*entry)()) {
+  auto* top = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t(15));
+  uint32_t mxcsr;
+  uint16_t fpucw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpucw));
+  top[-1] = 0;                                   // entry's return address: it never returns
+  top[-2] = reinterpret_cast<uint64_t>(entry);  // popped by pvdm_emu_switch's ret
+  for (int r = 3; r <= 8; ++r) top[-r] = 0;      // rbp, rbx, r12-r15
+  top[-9] = static_cast<uint64_t>(mxcsr) | (static_cast<uint64_t>(fpucw) << 32);
+  c.sp = top - 9;
+}
+
+inline void context_switch(Context& from, Context& to) { pvdm_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+
+void context_init(Context& c, unsigned char* stack, size_t size, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+
+inline void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
+// AddressSanitizer builds (the memcheck test) must be told about every stack switch, or they report
+// the fibers' frames as errors; elsewhere these are no-ops.
+inline void switch_start(void** fake_stack, const void* bottom, size_t size) {
+#if EMU_ASAN
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+#else
+  (void)fake_stack, (void)bottom, (void)size;
+#endif
+}
+inline void switch_finish(void* fake_stack, const void** bottom_old, size_t* size_old) {
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, bottom_old, size_old);
+#else
+  (void)fake_stack, (void)bottom_old, (void)size_old;
+#endif
+}
+// Frames left on a fiber stack that never returned (fiber_main's, an abandoned block's) stay poisoned
+// in an AddressSanitizer build; the stack is reused by the next block, so clear them.
+inline void unpoison(void* p, size_t n) {
+#if EMU_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(p, n);
+#else
+  (void)p, (void)n;
+#endif
+}
 
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr int kDefaultDynamicShared = 48 * 1024;
@@ -22,11 +128,17 @@ constexpr int kDefaultDynamicShared = 48 * 1024;
 // kernels are built for (sm_90: 227 KB).
 constexpr int kMaxDynamicShared = 163 * 1024;
 constexpr unsigned kMaxThreads = 1024;
+// Top of each fiber stack cleared of AddressSanitizer poison per block: fiber_main's frame, the only
+// one a finished fiber leaves behind.
+constexpr size_t kUnpoisonBytes = 16 * 1024;
 
 enum class State { kReady, kBarrier, kShuffle, kDone };
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
+  unsigned char* stack = nullptr;
+  size_t stack_size = 0;
+  void* fake_stack = nullptr;  // AddressSanitizer's, across a switch
   uint3 tid;
   State state = State::kReady;
   Shuffle kind = Shuffle::kXor;
@@ -41,7 +153,10 @@ struct Block {
   const std::function<void()>* body = nullptr;
   std::vector<Fiber> fibers;
   Fiber* current = nullptr;
-  ucontext_t scheduler;
+  Context scheduler;
+  void* scheduler_fake_stack = nullptr;
+  const void* scheduler_bottom = nullptr;  // the scheduler's stack, as AddressSanitizer reports it
+  size_t scheduler_size = 0;
   unsigned char* shared = nullptr;
   std::string error;  // set while a block runs: the launch stops
 };
@@ -66,16 +181,20 @@ Block& block_or_die() {
 
 void fiber_main() {
   Block& b = *running;
+  switch_finish(nullptr, &b.scheduler_bottom, &b.scheduler_size);
   (*b.body)();
   b.current->state = State::kDone;
-  swapcontext(&b.current->ctx, &b.scheduler);  // a finished fiber is never resumed
+  switch_start(nullptr, b.scheduler_bottom, b.scheduler_size);  // this fiber ends: no fake stack to keep
+  context_switch(b.current->ctx, b.scheduler);                   // a finished fiber is never resumed
 }
 
 void yield(State s) {
   Block& b = block_or_die();
   Fiber* f = b.current;
   f->state = s;
-  swapcontext(&f->ctx, &b.scheduler);
+  switch_start(&f->fake_stack, b.scheduler_bottom, b.scheduler_size);
+  context_switch(f->ctx, b.scheduler);
+  switch_finish(f->fake_stack, &b.scheduler_bottom, &b.scheduler_size);
 }
 
 [[noreturn]] void fail_in_kernel(const std::string& why) {
@@ -174,11 +293,11 @@ bool run_block(Block& b, unsigned char* stacks, size_t page, size_t smem_bytes, 
     f.state = State::kReady;
     const unsigned u = static_cast<unsigned>(i);
     f.tid = uint3{u % bx, (u / bx) % by, u / (bx * by)};
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = stacks + static_cast<size_t>(i) * kStackBytes + page;  // above its guard page
-    f.ctx.uc_stack.ss_size = kStackBytes - page;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_main, 0);
+    f.stack = stacks + static_cast<size_t>(i) * kStackBytes + page;  // above its guard page
+    f.stack_size = kStackBytes - page;
+    f.fake_stack = nullptr;
+    unpoison(f.stack + f.stack_size - kUnpoisonBytes, kUnpoisonBytes);
+    context_init(f.ctx, f.stack, f.stack_size, fiber_main);
   }
   std::memset(b.shared, 0xff, smem_bytes);  // NaN floats: reads before writes show up
   for (;;) {
@@ -186,7 +305,9 @@ bool run_block(Block& b, unsigned char* stacks, size_t page, size_t smem_bytes, 
       Fiber& f = b.fibers[reverse ? n - 1 - k : k];
       if (f.state != State::kReady) continue;
       b.current = &f;
-      swapcontext(&b.scheduler, &f.ctx);
+      switch_start(&b.scheduler_fake_stack, f.stack, f.stack_size);
+      context_switch(b.scheduler, f.ctx);
+      switch_finish(b.scheduler_fake_stack, nullptr, nullptr);
       if (!b.error.empty()) return false;
     }
     const bool released = resolve_shuffles(b);
@@ -294,11 +415,13 @@ void run_grid(const Config& cfg, const void* kernel, const std::function<void()>
                   static_cast<unsigned>(j / (1ull * g.x * g.y))};
     if (!run_block(b, stacks, page, cfg.smem, reverse)) {
       running = nullptr;
+      for (unsigned long long t = 0; t < threads; ++t) unpoison(stacks + t * kStackBytes + page, kStackBytes - page);
       munmap(map, bytes);
       return launch_error(cudaErrorLaunchFailure, "block " + tid_str(b.bid) + ": " + b.error);
     }
   }
   running = nullptr;
+  for (unsigned long long t = 0; t < threads; ++t) unpoison(stacks + (t + 1) * kStackBytes - kUnpoisonBytes, kUnpoisonBytes);
   munmap(map, bytes);
 }
 
