@@ -34,7 +34,7 @@ def _ptr(t: torch.Tensor):
     return ctypes.c_void_p(t.data_ptr())
 
 
-@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("order", ["forward", "reverse", "shuffle", "shuffle:7"])
 def test_shuffles_read_the_lanes_cuda_defines(lib, monkeypatch, order):
     monkeypatch.setenv("PVDM_EMU_ORDER", order)
     out = torch.full((64 * 3,), -1.0)
@@ -45,7 +45,7 @@ def test_shuffles_read_the_lanes_cuda_defines(lib, monkeypatch, order):
     torch.testing.assert_close(out, expect, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("order", ["forward", "reverse", "shuffle", "shuffle:7"])
 def test_barrier_orders_shared_memory_across_warps_and_blocks(lib, monkeypatch, order):
     monkeypatch.setenv("PVDM_EMU_ORDER", order)
     blocks, threads = 3, 96
@@ -54,6 +54,16 @@ def test_barrier_orders_shared_memory_across_warps_and_blocks(lib, monkeypatch, 
     t = torch.arange(threads)
     expect = torch.cat([((t + 1) % threads + 1000 * b).float() for b in range(blocks)])
     torch.testing.assert_close(out, expect, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shuffled_order_exposes_a_missing_barrier(lib, monkeypatch, seed):
+    # Each thread writes its slot and, without __syncthreads, reads the next warp's: some reader must run
+    # before its writer (and read the NaN that fresh shared memory holds).
+    monkeypatch.setenv("PVDM_EMU_ORDER", f"shuffle:{seed}")
+    out = torch.zeros(128)
+    assert _call(lib.emu_racy_neighbour, _ptr(out), 128) == (0, "")
+    assert not torch.equal(out, ((torch.arange(128) + 32) % 128).float())
 
 
 def test_unwritten_shared_memory_reads_nan(lib):

@@ -190,7 +190,8 @@ def activate(monkeypatch) -> Emulation:
     """Until `monkeypatch` (pytest's) is undone, the `cuda` backend of every fused op runs the emulated
     kernels on CPU tensors: `_ext._C` is the emulated module, stream handles are 0, `torch.cuda.device`
     of a CPU device is a no-op and the dispatcher lets `cuda` take CPU tensors. Launcher calls are
-    counted, so a test can tell that the kernels ran."""
+    counted, so a test can tell that the kernels ran. Threads run in shuffled order (PVDM_EMU_ORDER,
+    see emu_runtime.cpp) unless PVDM_EMU_ORDER is set."""
     import torch
 
     from pvdm_fast.ops import _ext, dispatch
@@ -217,6 +218,9 @@ def activate(monkeypatch) -> Emulation:
     def reason(backend: str, device_type: str):
         return real_reason(backend, "cuda" if backend == "cuda" else device_type)
 
+    # Threads of a block run in a fresh random order between synchronisation points, unless the caller
+    # chose one: results that depend on the order show a missing __syncthreads.
+    monkeypatch.setenv("PVDM_EMU_ORDER", os.environ.get("PVDM_EMU_ORDER") or "shuffle")
     monkeypatch.setattr(_ext, "_C", module)
     monkeypatch.setattr(_ext, "stream_handle", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "device", device)

@@ -224,68 +224,111 @@ const char* shuffle_name(Shuffle k) {
   return "?";
 }
 
-// Completes every warp whose 32 lanes all wait at a shuffle. Returns whether any did; sets b.error on
-// a shuffle that can never complete correctly.
-bool resolve_shuffles(Block& b) {
+// Completes the shuffle of the warp starting at thread w0 if all its 32 lanes wait at it: 1 when it
+// did, 0 when lanes are still running or at a barrier, -1 (with b.error) when the shuffle can never
+// complete correctly.
+int resolve_warp(Block& b, int w0) {
   const int n = static_cast<int>(b.fibers.size());
-  bool released = false;
-  for (int w0 = 0; w0 < n; w0 += 32) {
-    const int lanes = std::min(32, n - w0);
-    std::vector<int> waiting, exited, at_barrier;
-    for (int l = 0; l < lanes; ++l) {
-      const State s = b.fibers[w0 + l].state;
-      if (s == State::kShuffle) waiting.push_back(l);
-      if (s == State::kDone) exited.push_back(l);
-      if (s == State::kBarrier) at_barrier.push_back(l);
-    }
-    if (waiting.empty()) continue;
-    const Fiber& first = b.fibers[w0 + waiting[0]];
-    const std::string where = std::string(shuffle_name(first.kind)) + " in warp " + std::to_string(w0 / 32);
-    if (lanes < 32) {
-      b.error = where + ": the warp has only " + std::to_string(lanes) + " threads (block of " + std::to_string(n) +
-                ") but the mask names 32 lanes";
-      return false;
-    }
-    if (!exited.empty()) {
-      b.error = where + ": lanes " + lanes_str(exited) + " exited, but the full mask waits for them";
-      return false;
-    }
-    if (!at_barrier.empty()) continue;  // may still be a deadlock: decided by the caller
-    for (int l = 0; l < 32; ++l) {
-      const Fiber& f = b.fibers[w0 + l];
-      if (f.mask != 0xffffffffu) {
-        b.error = where + ": lane " + std::to_string(l) + " passed mask " + std::to_string(f.mask) +
-                  "; only full-warp shuffles are emulated";
-        return false;
-      }
-      if (f.kind != first.kind) {
-        b.error = where + ": lane " + std::to_string(l) + " is at " + shuffle_name(f.kind) + " instead";
-        return false;
-      }
-    }
-    for (int l = 0; l < 32; ++l) {
-      Fiber& f = b.fibers[w0 + l];
-      int src = l;
-      switch (f.kind) {
-        case Shuffle::kXor: src = l ^ f.arg; break;
-        case Shuffle::kDown: src = l + f.arg; break;
-        case Shuffle::kUp: src = l - f.arg; break;
-      }
-      f.result = (src >= 0 && src < 32) ? b.fibers[w0 + src].bits : f.bits;
-    }
-    for (int l = 0; l < 32; ++l) b.fibers[w0 + l].state = State::kReady;
-    released = true;
+  const int lanes = std::min(32, n - w0);
+  std::vector<int> waiting, exited;
+  bool others = false;  // lanes still running or at a barrier
+  for (int l = 0; l < lanes; ++l) {
+    const State s = b.fibers[w0 + l].state;
+    if (s == State::kShuffle) waiting.push_back(l);
+    if (s == State::kDone) exited.push_back(l);
+    if (s == State::kBarrier || s == State::kReady) others = true;
   }
-  return released;
+  if (waiting.empty()) return 0;
+  const Fiber& first = b.fibers[w0 + waiting[0]];
+  const std::string where = std::string(shuffle_name(first.kind)) + " in warp " + std::to_string(w0 / 32);
+  if (lanes < 32) {
+    b.error = where + ": the warp has only " + std::to_string(lanes) + " threads (block of " + std::to_string(n) +
+              ") but the mask names 32 lanes";
+    return -1;
+  }
+  if (!exited.empty()) {
+    b.error = where + ": lanes " + lanes_str(exited) + " exited, but the full mask waits for them";
+    return -1;
+  }
+  if (others) return 0;  // a deadlock if they wait at a barrier: decided by the caller
+  for (int l = 0; l < 32; ++l) {
+    const Fiber& f = b.fibers[w0 + l];
+    if (f.mask != 0xffffffffu) {
+      b.error = where + ": lane " + std::to_string(l) + " passed mask " + std::to_string(f.mask) +
+                "; only full-warp shuffles are emulated";
+      return -1;
+    }
+    if (f.kind != first.kind) {
+      b.error = where + ": lane " + std::to_string(l) + " is at " + shuffle_name(f.kind) + " instead";
+      return -1;
+    }
+  }
+  for (int l = 0; l < 32; ++l) {
+    Fiber& f = b.fibers[w0 + l];
+    int src = l;
+    switch (f.kind) {
+      case Shuffle::kXor: src = l ^ f.arg; break;
+      case Shuffle::kDown: src = l + f.arg; break;
+      case Shuffle::kUp: src = l - f.arg; break;
+    }
+    f.result = (src >= 0 && src < 32) ? b.fibers[w0 + src].bits : f.bits;
+  }
+  for (int l = 0; l < 32; ++l) b.fibers[w0 + l].state = State::kReady;
+  return 1;
 }
 
-bool reverse_order() {
-  const char* e = std::getenv("PVDM_EMU_ORDER");
-  return e && std::string(e) == "reverse";
+// Every warp's shuffle that can complete; false (with b.error) on one that never can.
+bool resolve_shuffles(Block& b, bool& released) {
+  released = false;
+  for (int w0 = 0; w0 < static_cast<int>(b.fibers.size()); w0 += 32) {
+    const int r = resolve_warp(b, w0);
+    if (r < 0) return false;
+    released = released || r > 0;
+  }
+  return true;
 }
+
+// The order in which the runnable fibers of a block run, from PVDM_EMU_ORDER: "forward" (rounds in thread
+// index order, the default), "reverse", or "shuffle[:SEED]" (one pseudo-random runnable thread at a
+// time, warps completing their shuffles as soon as they can). Results that depend on it reveal a
+// missing barrier.
+struct Order {
+  enum Kind { kForward, kReverse, kShuffle } kind = kForward;
+  uint64_t state = 0x9e3779b97f4a7c15ull;
+
+  static Order from_env() {
+    Order o;
+    const char* e = std::getenv("PVDM_EMU_ORDER");
+    const std::string v = e ? e : "";
+    if (v == "reverse") o.kind = kReverse;
+    if (v.rfind("shuffle", 0) == 0) {
+      o.kind = kShuffle;
+      if (v.size() > 8 && v[7] == ':') o.state ^= std::strtoull(v.c_str() + 8, nullptr, 10) * 0xbf58476d1ce4e5b9ull;
+    }
+    return o;
+  }
+
+  uint64_t next() {  // xorshift64*
+    state ^= state >> 12, state ^= state << 25, state ^= state >> 27;
+    return state * 0x2545f4914f6cdd1dull;
+  }
+
+  // idx = 0 .. n-1 in this order's sequence (forward or reverse).
+  void arrange(std::vector<int>& idx) const {
+    const int n = static_cast<int>(idx.size());
+    for (int i = 0; i < n; ++i) idx[i] = kind == kReverse ? n - 1 - i : i;
+  }
+
+  void permute(std::vector<int>& idx) {
+    for (int i = static_cast<int>(idx.size()) - 1; i > 0; --i) std::swap(idx[i], idx[static_cast<int>(next() % (i + 1))]);
+  }
+};
+
+thread_local Order order_state;
+thread_local std::string order_setting;
 
 // Runs one block to its end. False (with b.error) when it cannot finish.
-bool run_block(Block& b, unsigned char* stacks, size_t page, size_t smem_bytes, bool reverse) {
+bool run_block(Block& b, unsigned char* stacks, size_t page, size_t smem_bytes, Order& order) {
   const unsigned bx = b.block.x, by = b.block.y;
   const int n = static_cast<int>(b.fibers.size());
   for (int i = 0; i < n; ++i) {
@@ -300,18 +343,47 @@ bool run_block(Block& b, unsigned char* stacks, size_t page, size_t smem_bytes, 
     context_init(f.ctx, f.stack, f.stack_size, fiber_main);
   }
   std::memset(b.shared, 0xff, smem_bytes);  // NaN floats: reads before writes show up
+  const auto run = [&](Fiber& f) {
+    b.current = &f;
+    switch_start(&b.scheduler_fake_stack, f.stack, f.stack_size);
+    context_switch(b.scheduler, f.ctx);
+    switch_finish(b.scheduler_fake_stack, nullptr, nullptr);
+    return b.error.empty();
+  };
+  std::vector<int> sequence(n), ready;
   for (;;) {
-    for (int k = 0; k < n; ++k) {
-      Fiber& f = b.fibers[reverse ? n - 1 - k : k];
-      if (f.state != State::kReady) continue;
-      b.current = &f;
-      switch_start(&b.scheduler_fake_stack, f.stack, f.stack_size);
-      context_switch(b.scheduler, f.ctx);
-      switch_finish(b.scheduler_fake_stack, nullptr, nullptr);
-      if (!b.error.empty()) return false;
+    if (order.kind == Order::kShuffle) {
+      // A random warp runs (its ready lanes in random order, its shuffle completing as soon as all lanes
+      // arrive) and usually goes on running, so that a warp can get far ahead of the others between
+      // barriers, as it may on a GPU; then another random warp.
+      for (;;) {
+        ready.clear();
+        for (int w0 = 0; w0 < n; w0 += 32)
+          for (int l = w0; l < std::min(n, w0 + 32); ++l)
+            if (b.fibers[l].state == State::kReady) {
+              ready.push_back(w0);
+              break;
+            }
+        if (ready.empty()) break;
+        const int w0 = ready[order.next() % ready.size()];
+        for (int r = 1; r > 0 && order.next() % 8 != 0;) {
+          sequence.clear();
+          for (int l = w0; l < std::min(n, w0 + 32); ++l)
+            if (b.fibers[l].state == State::kReady) sequence.push_back(l);
+          order.permute(sequence);
+          for (int l : sequence)
+            if (!run(b.fibers[l])) return false;
+          r = resolve_warp(b, w0);
+          if (r < 0) return false;
+        }
+      }
+    } else {
+      order.arrange(sequence);
+      for (int k : sequence)
+        if (b.fibers[k].state == State::kReady && !run(b.fibers[k])) return false;
     }
-    const bool released = resolve_shuffles(b);
-    if (!b.error.empty()) return false;
+    bool released = false;
+    if (!resolve_shuffles(b, released)) return false;
     if (released) continue;
     std::vector<int> at_barrier, at_shuffle;
     for (int i = 0; i < n; ++i) {
@@ -406,14 +478,20 @@ void run_grid(const Config& cfg, const void* kernel, const std::function<void()>
   b.grid = g, b.block = k, b.body = &body;
   b.fibers.resize(threads);
   b.shared = reinterpret_cast<unsigned char*>(shared.data());
-  const bool reverse = reverse_order();
+  Order& order = order_state;
+  {
+    const char* e = std::getenv("PVDM_EMU_ORDER");
+    const std::string setting = e ? e : "";
+    if (setting != order_setting) order = Order::from_env(), order_setting = setting;  // else a shuffle goes on
+  }
+  const bool reverse = order.kind == Order::kReverse;
   const unsigned long long blocks = 1ull * g.x * g.y * g.z;
   running = &b;
   for (unsigned long long i = 0; i < blocks; ++i) {
     const unsigned long long j = reverse ? blocks - 1 - i : i;
     b.bid = uint3{static_cast<unsigned>(j % g.x), static_cast<unsigned>((j / g.x) % g.y),
                   static_cast<unsigned>(j / (1ull * g.x * g.y))};
-    if (!run_block(b, stacks, page, cfg.smem, reverse)) {
+    if (!run_block(b, stacks, page, cfg.smem, order)) {
       running = nullptr;
       for (unsigned long long t = 0; t < threads; ++t) unpoison(stacks + t * kStackBytes + page, kStackBytes - page);
       munmap(map, bytes);

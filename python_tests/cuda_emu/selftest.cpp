@@ -31,6 +31,15 @@ __global__ void barrier_neighbour(float* out) {
   out[blockIdx.x * n + t] = smem[(t + 1) % n];
 }
 
+// barrier_neighbour without its barrier, reading the slot of the next warp: a race the shuffled order must
+// expose (the reader runs before the writer).
+__global__ void racy_neighbour(float* out) {
+  extern __shared__ float smem[];
+  const int t = threadIdx.x, n = blockDim.x;
+  smem[t] = static_cast<float>(t);
+  out[t] = smem[(t + 32) % n];
+}
+
 // Reads shared memory nobody wrote: NaN in the emulation.
 __global__ void read_unwritten(float* out) {
   extern __shared__ float smem[];
@@ -69,6 +78,11 @@ int emu_shuffles(float* out, int threads, char* msg, int cap) {
 
 int emu_barrier_neighbour(float* out, int blocks, int threads, char* msg, int cap) {
   barrier_neighbour<<<blocks, threads, threads * sizeof(float)>>>(out);
+  return finish(msg, cap);
+}
+
+int emu_racy_neighbour(float* out, int threads, char* msg, int cap) {
+  racy_neighbour<<<1, threads, threads * sizeof(float)>>>(out);
   return finish(msg, cap);
 }
 
