@@ -289,3 +289,8 @@ def test_cuda_backward_lines_per_block(lines, positions):
     assert 8 <= per <= 256
     assert blocks >= min(1024, lines // 8 * positions) // 2 or per == 8 or per == 256
     assert blocks <= max(2048, positions * 8) or per == 256
+
+
+def test_opcheck_emulated_cuda(emulated_cuda):
+    test_opcheck("cuda")  # the CUDA kernels in the CPU emulation (python_tests/cuda_emu)
+    assert emulated_cuda.calls["axis_gather_fwd"] > 0 and emulated_cuda.calls["axis_gather_bwd"] > 0

@@ -233,3 +233,8 @@ def test_gpu_auto_picks_cuda_and_graph_capture():
             torch.testing.assert_close(out, fn())  # the replay saw the new x
             assert not torch.equal(out, expected)
             x.sub_(0.5)
+
+
+def test_opcheck_emulated_cuda(emulated_cuda):
+    test_opcheck("cuda")  # the CUDA kernels in the CPU emulation (python_tests/cuda_emu)
+    assert emulated_cuda.calls["gn_silu_fwd"] > 0 and emulated_cuda.calls["gn_silu_bwd"] > 0

@@ -364,3 +364,8 @@ def test_emulated_cuda_backward_over_48kb_of_shared_memory(emulated_cuda, norm):
         (mean, rstd) if norm else (None, None)))
     for name, g, r in zip(["d_xy", "d_yt", "d_xt", "dgamma", "dbeta"], got, truth):
         torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-3, msg=name)
+
+
+def test_opcheck_emulated_cuda(emulated_cuda):
+    test_opcheck("cuda")  # the CUDA kernels in the CPU emulation (python_tests/cuda_emu)
+    assert emulated_cuda.calls["triplane_decode_fwd"] > 0 and emulated_cuda.calls["triplane_decode_bwd"] > 0
