@@ -327,6 +327,11 @@ EMULATED_CASES = CASES + [(2, 4, 8, 8, 64, 4), (1, 2, 3, 5, 1024, 4), (2, 3, 4, 
 def test_emulated_cuda_kernels(emulated_cuda, case, dtype, norm):
     b, t, h, w, c, e = case
     inputs = _inputs(b, t, h, w, c, e, dtype)
+    if c == 1:
+        # One channel: each bias (and LayerNorm bias) gradient is a single sum of dV (dY) over every
+        # token, near 0 now and then for zero-mean dV, where a relative fp32 check is ill-conditioned
+        # (the reference backend failed it in 12 of 3000 runs). Gradients with a mean keep it sound.
+        inputs = (*inputs[:5], inputs[5] + 1, inputs[6] + 1)
     got = _run(triplane_decode, "cuda", (t, h, w), *inputs, norm)
     assert emulated_cuda.calls == {"triplane_decode_fwd": 1, "triplane_decode_bwd": 1}
     same = lambda: _run(triplane_decode_reference, "reference", (t, h, w), *inputs, norm)  # noqa: E731
