@@ -26,7 +26,7 @@ namespace {
 
 // ---- stack switching. On x86-64 a hand-written switch: glibc's swapcontext also saves and restores the
 // signal mask, a system call per switch, and the emulation switches millions of times. Elsewhere ucontext.
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(PVDM_EMU_UCONTEXT)  // PVDM_EMU_UCONTEXT: test the portable path
 extern "C" void pvdm_emu_switch(void** save_sp, void* load_sp);
 // Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores the stack
 // pointer in *save_sp (rdi), switches to load_sp (rsi) and restores what that stack saved.
