@@ -251,6 +251,12 @@ def test_emulated_cuda_kernels(emulated_cuda, grid, c, axis, dtype, norm):
     assert emulated_cuda.calls == {"axis_gather_fwd": 1, "axis_gather_bwd": 1}
 
 
+@pytest.mark.parametrize("axis", AXES)
+def test_emulated_cuda_kernels_at_the_base_shape(emulated_cuda, axis):
+    # The benchmark's grid (T 16, 32 x 32) and width (C 384) in bf16 with the fused LayerNorm.
+    test_emulated_cuda_kernels(emulated_cuda, (16, 32, 32), 384, axis, torch.bfloat16, True)
+
+
 def _check_backend(backend, grid, c, axis, dtype, norm, device):
     inputs = _inputs(2, grid, c, axis, dtype, device=device)
     got = _run(axis_gather, backend, axis, *inputs, norm, grid=grid)

@@ -374,3 +374,9 @@ def test_emulated_cuda_backward_over_48kb_of_shared_memory(emulated_cuda, norm):
 def test_opcheck_emulated_cuda(emulated_cuda):
     test_opcheck("cuda")  # the CUDA kernels in the CPU emulation (python_tests/cuda_emu)
     assert emulated_cuda.calls["triplane_decode_fwd"] > 0 and emulated_cuda.calls["triplane_decode_bwd"] > 0
+
+
+def test_emulated_cuda_kernels_at_the_base_shape(emulated_cuda):
+    # The benchmark's configuration (T 16, 32 x 32, C 384, bf16, the decoder's LayerNorm fused) at batch 1:
+    # 48 axis-sum blocks of 8 channels with 32 KB of shared memory each, 2048 row blocks.
+    test_emulated_cuda_kernels(emulated_cuda, (1, 16, 32, 32, 384, 4), torch.bfloat16, True)
