@@ -3,7 +3,9 @@ compiled from the real csrc/ launchers and bindings and the real kernels/ source
 little as possible (kernel launches and `extern __shared__` declarations), so that the `cuda`
 backends of the fused ops run on CPU tensors in the test suite.
 
-The build takes about a minute on two cores and is cached under build/cuda_emu/<hash of every input>.
+The build takes about 20 s on two cores (30 s with AddressSanitizer, see memcheck.py) and is cached
+under build/cuda_emu/<hash of every input>. `activate` routes the ops' `cuda` backend to it (the
+`emulated_cuda` fixture of python_tests/conftest.py).
 """
 
 from __future__ import annotations
