@@ -6,6 +6,7 @@ plain UNet call; otherwise the conditional and unconditional halves run as ONE c
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -16,8 +17,8 @@ EpsModel = Callable[..., Tensor]
 
 def guided_eps(model: EpsModel, x: Tensor, t: Tensor, cond: Tensor | None = None, w: float = 0.0) -> Tensor:
     """Guided noise prediction; model(x, t, cond) with cond=None meaning a zero condition."""
-    if w < 0:
-        raise ValueError(f"guidance weight must be >= 0, got {w}")
+    if not 0 <= w < math.inf:  # NaN too: it would silently turn every video black
+        raise ValueError(f"guidance weight must be a finite number >= 0, got {w}")
     if cond is None or w == 0:
         return model(x, t, cond)
     b = x.shape[0]
@@ -30,8 +31,8 @@ def guided_eps(model: EpsModel, x: Tensor, t: Tensor, cond: Tensor | None = None
 
 def guided_eps_fn(model: EpsModel, cond: Tensor | None = None, w: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
     """An (x, t) -> eps closure for the samplers, with the condition and weight bound."""
-    if w < 0:
-        raise ValueError(f"guidance weight must be >= 0, got {w}")
+    if not 0 <= w < math.inf:  # NaN too: it would silently turn every video black
+        raise ValueError(f"guidance weight must be a finite number >= 0, got {w}")
 
     def eps_fn(x: Tensor, t: Tensor) -> Tensor:
         return guided_eps(model, x, t, cond, w)

@@ -124,8 +124,10 @@ def log_snr_pairs(abar: torch.Tensor, steps: int) -> list[tuple[int, int]]:
     lam = 0.5 * torch.log(abar / (1 - abar))
     targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
     ts = [int((lam - v).abs().argmin()) for v in targets]
-    for i in range(steps - 2, -1, -1):
+    for i in range(steps - 2, -1, -1):  # strictly decreasing ...
         ts[i] = max(ts[i], ts[i + 1] + 1)
+    for i in range(steps):  # ... and inside [0, T-1] (with many steps the pass above overshoots T-1)
+        ts[i] = min(ts[i], num - 1 - i)
     ts.append(-1)
     return list(zip(ts[:-1], ts[1:]))
 
@@ -149,8 +151,8 @@ def _x0_only() -> list[float]:
 def ddim_plan(schedule, steps: int, eta: float = 1.0) -> SamplingPlan:
     """DDIM (Song et al. 2021, eq. 12) as the official code runs it: the update uses the clipped x0
     but the raw eps, and sigma = eta * sqrt((1 - a/a_next) (1 - a_next) / (1 - a))."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not 0 <= eta < math.inf:  # NaN too: it would silently turn every video black
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
     abar = alphas_cumprod_of(schedule)
     pairs = timestep_pairs(abar.numel(), steps)
 

@@ -51,8 +51,11 @@ def test_eps_fn_and_errors():
     fn = guided_eps_fn(model, c, 0.5)
     torch.testing.assert_close(fn(x, t), guided_eps(CountingModel(), x, t, c, 0.5))
     assert guided_eps(model, x, torch.tensor(7), c, 1.0).shape == x.shape  # scalar t is broadcast
-    with pytest.raises(ValueError, match="guidance weight"):
-        guided_eps(model, x, t, c, -1.0)
+    for bad in (-1.0, float("nan"), float("inf")):  # NaN used to pass and give black videos
+        with pytest.raises(ValueError, match="guidance weight"):
+            guided_eps(model, x, t, c, bad)
+        with pytest.raises(ValueError, match="guidance weight"):
+            guided_eps_fn(model, c, bad)
 
 
 def test_guidance_with_the_triplane_unet():

@@ -146,9 +146,20 @@ def test_plans_are_well_formed():
     assert S.OFFICIAL_PRESET == {"sampler": "ddim", "steps": 400, "eta": 1.0}
 
 
+def test_log_snr_grid_is_valid_for_every_step_count():
+    # Many steps used to push the first timesteps past T-1 (an IndexError from 811 steps on).
+    for steps in range(1, T + 1):
+        ts = [t for t, _ in S.log_snr_pairs(ABAR, steps)]
+        assert len(ts) == steps and ts[0] == T - 1 and 0 <= ts[-1], steps
+        assert all(a > b for a, b in zip(ts, ts[1:])), steps
+    assert [t for t, _ in S.log_snr_pairs(ABAR, T)] == list(range(T - 1, -1, -1))
+    assert S.make_plan("dpm++2m", ABAR, 900).timesteps.max().item() == T - 1
+
+
 @pytest.mark.parametrize("bad", [
     dict(name="euler", steps=10), dict(name="ddim", steps=0), dict(name="ddim", steps=T + 1),
     dict(name="dpm++2m", steps=10, eta=0.5), dict(name="ddim", steps=10, eta=-1.0),
+    dict(name="ddim", steps=10, eta=float("nan")), dict(name="ddim", steps=10, eta=float("inf")),
 ])
 def test_bad_arguments_raise_value_errors(bad):
     with pytest.raises(ValueError):
