@@ -12,12 +12,11 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
 
-from pvdm_fast._atomic import atomic_write
+from pvdm_fast._atomic import atomic_write, mkdtemp_beside
 
 FORMATS = ("mp4", "gif", "png", "npz")
 SETTINGS_FILE = "sample_settings.json"
@@ -45,7 +44,7 @@ def is_done(out: pathlib.Path, index: int, formats: Sequence[str]) -> bool:
 def _write_png_folder(path: pathlib.Path, video: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = mkdtemp_beside(path, prefix=f".{path.name}.")
     try:
         for t, frame in enumerate(video):
             Image.fromarray(frame).save(tmp / f"frame_{t:04d}.png")

@@ -20,14 +20,13 @@ import os
 import pathlib
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from pvdm_fast._atomic import atomic_write
+from pvdm_fast._atomic import atomic_write, mkdtemp_beside
 from pvdm_fast.models.io import load_weights, save_weights
 
 CHECKPOINT_FORMAT = "pvdm_fast.checkpoint.v1"
@@ -105,7 +104,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, weights: dict[str, We
     for stale in root.glob(_TMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     name = f"step-{step:08d}"
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=root, prefix=f"{_TMP_PREFIX}{name}-"))
+    tmp = mkdtemp_beside(root / name, prefix=f"{_TMP_PREFIX}{name}-")
     try:
         for key, w in weights.items():
             save_weights(tmp / f"{key}.safetensors", w.state_dict, w.kind, w.config)
