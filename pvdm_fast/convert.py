@@ -72,9 +72,11 @@ def _count_layers(sd: dict, prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def autoencoder_config_from_official(sd: dict, resolution=None, frames=None) -> "AutoencoderConfig":
+def autoencoder_config_from_official(sd: dict, resolution=None, frames=None,
+                                     axis_heads: int = OFFICIAL_AXIS_HEADS) -> "AutoencoderConfig":
     """Every size of an official autoencoder read from its weights; `resolution` / `frames`, when
-    given, must agree with them (the position embeddings fix both)."""
+    given, must agree with them (the position embeddings fix both). The weights fix only the axis
+    projections' heads x head_dim: `axis_heads` (the official 4, or a preset's) splits it."""
     from pvdm_fast.models.autoencoder import AutoencoderConfig
 
     try:
@@ -84,6 +86,10 @@ def autoencoder_config_from_official(sd: dict, resolution=None, frames=None) -> 
         dim_head = 2 * sd["encoder.frame_rot_emb.inv_freqs"].shape[0]
         heads = sd["encoder.layers.0.0.fn.to_qkv.weight"].shape[0] // (3 * dim_head)
         axis_inner = sd["xy_quant_attn.layers.0.0.fn.to_qkv.weight"].shape[0] // 3
+        if axis_heads < 1 or axis_inner % axis_heads:
+            raise ValueError(f"axis_heads={axis_heads} does not divide the axis projections' width "
+                             f"{axis_inner} in these weights; set autoencoder.axis_heads to the value "
+                             "they were trained with")
         t = sd["xy_pos_embedding"].shape[1] - 1
         h = sd["yt_pos_embedding"].shape[1] - 1
         w = sd["xt_pos_embedding"].shape[1] - 1
@@ -91,8 +97,8 @@ def autoencoder_config_from_official(sd: dict, resolution=None, frames=None) -> 
             resolution=h * p if h == w else [h * p, w * p], frames=t, patch_size=p, channels=c,
             embed_dim=sd["pre_xy.weight"].shape[0], encoder_depth=_count_layers(sd, "encoder.layers."),
             decoder_depth=_count_layers(sd, "decoder.layers."), heads=heads, dim_head=dim_head,
-            axis_depth=_count_layers(sd, "xy_quant_attn.layers."), axis_heads=OFFICIAL_AXIS_HEADS,
-            axis_dim_head=axis_inner // OFFICIAL_AXIS_HEADS,
+            axis_depth=_count_layers(sd, "xy_quant_attn.layers."), axis_heads=axis_heads,
+            axis_dim_head=axis_inner // axis_heads,
             axis_mlp_dim=sd["xy_quant_attn.layers.0.1.fn.net.0.weight"].shape[0], in_channels=in_ch)
     except KeyError as exc:
         raise ValueError(f"not an official PVDM autoencoder state dict: key {exc} is missing") from exc
@@ -240,9 +246,13 @@ def convert_official_file(kind: str, source, dest, config="ucf101-256", override
         model = unet_from_official(source, UNetConfig(**section("unet")))
         stored = {"unet": asdict(model.config), "diffusion": asdict(DiffusionConfig(**section("diffusion")))}
     else:
-        # every size of the autoencoder is in its weights; the preset only supplies non-size flags
+        # every size of the autoencoder is in its weights; the preset supplies the axis projections'
+        # head count (the weights fix only heads x head_dim; 4 in every official preset), as when
+        # `pvdm sample --official-autoencoder` loads the same file with the same preset
         sd = strip_prefixes(read_official(source))
-        inferred = autoencoder_config_from_official({k: v for k, v in sd.items() if k != "coords"})
+        inferred = autoencoder_config_from_official(
+            {k: v for k, v in sd.items() if k != "coords"},
+            axis_heads=int(section("autoencoder").get("axis_heads", OFFICIAL_AXIS_HEADS)))
         inferred.checkpoint = bool(section("autoencoder").get("checkpoint", False))
         model = autoencoder_from_official(sd, config=inferred)
         stored = {"autoencoder": asdict(model.config)}

@@ -174,6 +174,40 @@ def test_from_official_loads_official_style_files_for_a_preset(tmp_path):
                                overrides=["unet.frames=16"], device="cpu")
 
 
+def test_convert_then_load_equals_loading_the_official_files_directly(tmp_path):
+    """`pvdm convert` + from_checkpoints and from_official give the same videos for a preset whose
+    axis projections do not use the official 4 heads (convert used to force 4 there)."""
+    from omegaconf import OmegaConf
+
+    from pipeline_fixtures import randomize
+    from pvdm_fast.cli import main
+    from pvdm_fast.configs import load_config
+    from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
+    from pvdm_fast.models.unet import TriplaneUNet, UNetConfig
+    from pvdm_fast.pipeline import Pipeline
+
+    cfg = load_config("tiny")
+    section = lambda name: OmegaConf.to_container(cfg[name], resolve=True)  # noqa: E731
+    assert section("autoencoder")["axis_heads"] != 4
+    torch.manual_seed(3)
+    ae = randomize(Autoencoder(AutoencoderConfig(**section("autoencoder"))).eval())
+    unet = randomize(TriplaneUNet(UNetConfig(**section("unet"))).eval())
+    torch.save({f"module.{k}": v for k, v in ae.state_dict().items()}, tmp_path / "ae.pth")
+    torch.save({f"diffusion_model.{k}": v for k, v in unet.state_dict().items()}, tmp_path / "unet.pth")
+    for kind, src, dest in (("autoencoder", "ae.pth", "ae.safetensors"), ("unet", "unet.pth", "dm.safetensors")):
+        assert main(["convert", "--kind", kind, "--config", "tiny", str(tmp_path / src), str(tmp_path / dest)]) == 0
+    converted = Pipeline.from_checkpoints(tmp_path / "ae.safetensors", tmp_path / "dm.safetensors", device="cpu")
+    direct = Pipeline.from_official(tmp_path / "ae.pth", tmp_path / "unet.pth", "tiny", device="cpu")
+    assert converted.autoencoder.config.axis_heads == section("autoencoder")["axis_heads"]
+    kw = dict(seeds=[4], sampler="ddim", steps=2, eta=0.0)
+    assert torch.equal(converted(**kw), direct(**kw))
+    with pytest.raises(ValueError, match="axis_heads=3 does not divide"):
+        from pvdm_fast.convert import convert_official_file
+
+        convert_official_file("autoencoder", tmp_path / "ae.pth", tmp_path / "x.safetensors", "tiny",
+                              ["autoencoder.axis_heads=3"])
+
+
 @pytest.mark.gpu
 def test_cuda_graph_and_compile_give_the_eager_videos_on_gpu():
     from pvdm_fast.pipeline import Pipeline
