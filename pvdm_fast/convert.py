@@ -22,12 +22,19 @@ def read_official(source) -> dict:
         path = pathlib.Path(os.fspath(source))
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+                sd = load_file(str(path))
+            else:
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError, a zip reader's RuntimeError, KeyError from text, ...
+            raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); expected an official PVDM "
+                             ".pth (torch.save of a state dict) or a .safetensors file; is it truncated?") from exc
+        if not isinstance(sd, dict):
+            raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict of tensors")
     for wrapper in ("state_dict", "model", "ema"):
         if isinstance(sd.get(wrapper), dict) and not any(torch.is_tensor(v) for v in sd.values()):
             sd = sd[wrapper]

@@ -36,9 +36,33 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path} (expected a .safetensors file written by pvdm_fast)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors' own error type for a bad header, OSError, ...
+        raise ValueError(f"{path} is not a readable pvdm_fast weights file: {describe_unreadable(path, exc)}"
+                         ) from exc
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a pvdm_fast weights file (metadata format {meta.get('format')!r}); "
                          "convert official checkpoints with `pvdm convert`")
-    return load_file(str(path), device=str(device)), meta["kind"], json.loads(meta["config"])
+    try:
+        config = json.loads(meta["config"])
+        kind = meta["kind"]
+        tensors = load_file(str(path), device=str(device))
+    except Exception as exc:
+        raise ValueError(f"{path} is a damaged pvdm_fast weights file ({type(exc).__name__}: {exc}); "
+                         "write it again (an interrupted copy?)") from exc
+    return tensors, kind, config
+
+
+def describe_unreadable(path: pathlib.Path, exc: BaseException) -> str:
+    """Why a weights file could not be opened, in words a user can act on."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # a torch.save zip archive or a legacy pickle
+        return ("it is a PyTorch checkpoint (.pth), not safetensors; for official PVDM checkpoints pass "
+                "--official-autoencoder/--official-diffusion with --config, or convert them once with "
+                "`pvdm convert`")
+    if len(head) < 8:
+        return "it is empty or truncated (an interrupted copy?)"
+    return f"truncated or not safetensors ({type(exc).__name__}: {exc})"

@@ -205,6 +205,44 @@ def test_weights_round_trip_with_config(tmp_path):
         torch.testing.assert_close(model(video), again(video))
 
 
+def test_unreadable_weight_files_are_value_errors_that_say_what_they_are(tmp_path):
+    """A .pth, a truncated or an empty file given where pvdm_fast weights are expected: a ValueError
+    naming the file and what to do (they were safetensors' own errors: tracebacks from the CLI)."""
+    from pvdm_fast import cli
+    from pvdm_fast.convert import read_official
+
+    model = Autoencoder(tiny())
+    good = tmp_path / "ae.safetensors"
+    save_weights(good, model.state_dict(), "autoencoder", {"autoencoder": dataclasses.asdict(model.config)})
+    data = good.read_bytes()
+    cases = {"ae.pth": None, "cut_header.safetensors": data[:6], "cut_body.safetensors": data[:len(data) // 2],
+             "empty.safetensors": b"", "text.safetensors": b"hello, this is not a weights file\n"}
+    torch.save(model.state_dict(), tmp_path / "ae.pth")
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+    expect = {"ae.pth": "PyTorch checkpoint", "cut_header.safetensors": "empty or truncated",
+              "cut_body.safetensors": "damaged|truncated", "empty.safetensors": "empty or truncated",
+              "text.safetensors": "truncated or not safetensors"}
+    for name, pattern in expect.items():
+        with pytest.raises(ValueError, match=pattern) as info:
+            load_weights(tmp_path / name)
+        assert name in str(info.value)
+    # official checkpoints: a text file, a truncated .pth, a tensor instead of a state dict
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "ae.pth").read_bytes()[:1000])
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    for name, pattern in (("text.pth", "not a readable checkpoint"), ("cut.pth", "not a readable checkpoint"),
+                          ("tensor.pth", "holds a Tensor")):
+        with pytest.raises(ValueError, match=pattern):
+            read_official(tmp_path / name)
+    # through the CLI: exit status 2 with the message, no traceback
+    assert cli.main(["convert", "--kind", "autoencoder", str(tmp_path / "text.pth"),
+                     str(tmp_path / "out.safetensors")]) == 2
+    assert cli.main(["encode", "--autoencoder", str(tmp_path / "ae.pth"), "--data", "synthetic:2",
+                     "--out", str(tmp_path / "latents")]) == 2
+
+
 def test_base_config_parameter_count_is_the_papers():
     with torch.device("meta"):
         model = Autoencoder(AutoencoderConfig())
