@@ -98,13 +98,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     sampler, steps, eta = resolve_sampler(args.protocol, args.sampler, args.steps, args.eta)
     options = dict(device=args.device, precision=args.precision, compile=args.compile, cuda_graph=args.cuda_graph)
     if args.autoencoder and args.diffusion and not (args.official_autoencoder or args.official_diffusion):
+        if args.config is not None or args.overrides:  # pvdm_fast files carry their own config
+            given = " ".join(([f"--config {args.config}"] if args.config is not None else []) + args.overrides)
+            raise ValueError(f"{given}: a preset and key=value overrides apply to official checkpoints only; "
+                             "pvdm_fast weights carry their config (use --guidance, --steps, ... to "
+                             "change how they are sampled)")
         pipe = Pipeline.from_checkpoints(autoencoder=args.autoencoder, diffusion=args.diffusion, **options)
         model_id = model_identity([args.autoencoder, args.diffusion])
     elif args.official_autoencoder and args.official_diffusion and not (args.autoencoder or args.diffusion):
-        pipe = Pipeline.from_official(args.official_autoencoder, args.official_diffusion, args.config,
+        config = args.config or "ucf101-256"
+        pipe = Pipeline.from_official(args.official_autoencoder, args.official_diffusion, config,
                                       overrides=args.overrides, **options)
         model_id = model_identity([args.official_autoencoder, args.official_diffusion],
-                                  f"{args.config} {' '.join(args.overrides)}".strip())
+                                  f"{config} {' '.join(args.overrides)}".strip())
     else:
         raise ValueError("pass either --autoencoder and --diffusion (pvdm_fast weights) or "
                          "--official-autoencoder and --official-diffusion (official .pth) with --config")
@@ -123,7 +129,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--diffusion", help="diffusion UNet weights (.safetensors from pvdm_fast, e.g. the EMA)")
     p.add_argument("--official-autoencoder", help="official PVDM autoencoder .pth")
     p.add_argument("--official-diffusion", help="official PVDM diffusion .pth")
-    p.add_argument("--config", default="ucf101-256", help="preset or YAML for official checkpoints")
+    p.add_argument("--config", default=None, help="preset or YAML for official checkpoints (default ucf101-256)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (official checkpoints)")
     p.add_argument("--out", required=True, help="output folder (existing videos are kept and counted)")
     p.add_argument("--num", type=int, default=16, help="number of videos")

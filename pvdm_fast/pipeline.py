@@ -11,6 +11,7 @@ denoising step.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 from typing import Sequence
 
@@ -121,22 +122,37 @@ class Pipeline:
                  seed: int = 0, seeds: Sequence[int] | None = None, condition: str = "reencode",
                  clip_x0: bool = True, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
         """uint8 (num_videos, frames, H, W, 3) on the CPU; frames defaults to one clip."""
-        seeds = list(range(seed, seed + num_videos)) if seeds is None else [int(s) for s in seeds]
+        seeds = list(range(_int(seed, "seed"), _int(seed, "seed") + _int(num_videos, "num_videos"))
+                     ) if seeds is None else [_int(s, "seeds") for s in seeds]
         if not seeds:
             raise ValueError("num_videos must be at least 1")
-        frames = self.clip_frames if frames is None else int(frames)
+        if batch_size is not None and _int(batch_size, "batch_size") < 1:
+            raise ValueError(f"batch_size must be positive (or None: all videos at once), got {batch_size}")
+        frames, clips, plan, w = self.resolve(frames, sampler, steps, eta, guidance, condition)
+        size = batch_size or len(seeds)
+        with self._cpu_flags():
+            out = [self._generate(seeds[i:i + size], clips, plan, w, condition, clip_x0, progress)
+                   for i in range(0, len(seeds), size)]
+        return torch.cat(out)
+
+    def resolve(self, frames: int | None = None, sampler: str = "ddim", steps: int | None = None,
+                eta: float | None = None, guidance: float | None = None, condition: str = "reencode"):
+        """Check the sampling arguments without sampling: (frames, clips, plan, guidance weight),
+        defaults filled in. Raises ValueError for anything a call would refuse."""
+        frames = self.clip_frames if frames is None else _int(frames, "frames")
         clips = num_clips(frames, self.clip_frames)
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, got {condition!r}")
         w = float(self.diffusion.guidance if guidance is None else guidance)
         if clips > 1 and not self.unet.config.cond_model:
             raise ValueError("videos longer than one clip need a conditional UNet (cond_model=True)")
-        plan = self.plan(sampler, steps, eta)
-        size = batch_size or len(seeds)
-        with self._cpu_flags():
-            out = [self._generate(seeds[i:i + size], clips, plan, w, condition, clip_x0, progress)
-                   for i in range(0, len(seeds), size)]
-        return torch.cat(out)
+        steps = None if steps is None else _int(steps, "steps")
+        return frames, clips, self.plan(sampler, steps, eta), w
+
+    @property
+    def precision(self) -> str:
+        """What the models compute in: 'bf16' (autocast) or 'fp32'."""
+        return "bf16" if self.amp else "fp32"
 
     def _cpu_flags(self):
         """On CPUs, flush denormals: values decaying towards zero make x86 arithmetic 10-50x slower."""
@@ -198,6 +214,17 @@ class Pipeline:
 
 AUTOENCODER_KINDS = ("autoencoder",)
 DIFFUSION_KINDS = ("diffusion", "unet")
+
+
+def _int(value, name: str) -> int:
+    """An integer argument: 8 and 8.0 pass, 8.7 and '8' do not (int() would silently truncate)."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # int, numpy and 0-d torch integers
+        except TypeError:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+    raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
 def _section(config: dict, name: str) -> dict:

@@ -103,17 +103,33 @@ def model_identity(files: Sequence[str | os.PathLike], extra: str = "") -> str:
     return "|".join(parts + ([extra] if extra else []))
 
 
+def holds_videos(out: pathlib.Path) -> bool:
+    """Whether any finished output (of any format) is in the folder; temporary files start with '.'."""
+    return any(out.glob("video_*"))
+
+
 def check_settings(out: pathlib.Path, settings: dict) -> None:
-    """Record the settings in a new folder; refuse to resume a folder made with other settings."""
+    """Record the settings in a new folder; refuse to resume a folder made with other settings.
+
+    A folder with settings but no video yet (a first run that failed or was stopped before its first
+    video) takes the new settings: nothing would be mixed."""
     path = out / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings))  # compare what the file would hold (tuples -> lists, ...)
     if path.exists():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None  # a damaged settings file: refuse below unless nothing is sampled yet
+        if old == settings:
+            return
+        if holds_videos(out):
+            if old is None:
+                raise ValueError(f"{path} is damaged, so the videos in {out} cannot be matched to these "
+                                 "settings; use a new --out folder")
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ValueError(f"{out} holds videos sampled with other settings ({', '.join(diff)} differ: "
                              f"{ {k: old.get(k) for k in diff} } there, { {k: settings.get(k) for k in diff} } "
                              "now); use a new --out folder to sample a different set")
-        return
     atomic_write(path, lambda p: p.write_text(json.dumps(settings, indent=1, sort_keys=True)))
 
 
@@ -130,7 +146,7 @@ def run_sample_job(generate: Callable[[list[int]], np.ndarray], out: str | os.Pa
         raise ValueError(f"--fps must be positive, got {fps}")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, {**(settings or {}), "seed": seed})
+    check_settings(out, {**(settings or {}), "seed": seed, "fps": fps})
     todo = [i for i in range(num) if not is_done(out, i, formats)]
     existing = num - len(todo)
     from tqdm.auto import tqdm
@@ -168,10 +184,21 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
                      sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
                      guidance: float | None = None, condition: str = "reencode", clip_x0: bool = True,
                      model_id: str = "", progress: bool = True) -> dict:
-    """`run_sample_job` with a Pipeline; the settings that change the videos guard the folder."""
-    frames = pipe.clip_frames if frames is None else frames
+    """`run_sample_job` with a Pipeline; the settings that change the videos guard the folder.
+
+    They are checked (Pipeline.resolve) before anything is written, and recorded with the defaults
+    filled in, so that `--guidance 0` resumes a folder sampled without `--guidance` when the config's
+    weight is 0. The precision and the device type are recorded too: bf16 and fp32 videos, or CPU and
+    CUDA noise, differ."""
+    frames, _, _, w = pipe.resolve(frames, sampler, steps, eta, guidance, condition)
+    from pvdm_fast.pipeline import DEFAULT_STEPS
+
+    steps = DEFAULT_STEPS.get(sampler) if steps is None else int(steps)
+    eta = (1.0 if eta is None else float(eta)) if sampler == "ddim" else eta
+    guidance = w
     settings = {"model": model_id, "frames": frames, "sampler": sampler, "steps": steps, "eta": eta,
-                "guidance": guidance, "condition": condition, "clip_x0": clip_x0}
+                "guidance": guidance, "condition": condition, "clip_x0": clip_x0,
+                "precision": pipe.precision, "device": pipe.device.type}
 
     def generate(seeds: list[int]) -> np.ndarray:
         return pipe(frames=frames, seeds=seeds, sampler=sampler, steps=steps, eta=eta, guidance=guidance,

@@ -166,3 +166,55 @@ def test_cli_errors_are_clean(checkpoints, tmp_path, capsys):
     assert "no weights file" in capsys.readouterr().err
     assert cli.main(_argv(checkpoints, tmp_path, "--protocol", "official")) == 2  # contradicts --steps 2
     assert "protocol" in capsys.readouterr().err
+
+
+def test_a_first_run_that_failed_does_not_lock_the_folder(checkpoints, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert cli.main(_argv(checkpoints, out, "--frames", "6", "--format", "npz")) == 2  # refused before writing
+    assert "multiple" in capsys.readouterr().err and not (out / "sample_settings.json").exists()
+    # settings left by a run stopped before its first video (or damaged) give way to the new ones
+    out.mkdir(exist_ok=True)
+    (out / "sample_settings.json").write_text('{"frames": 6, "steps": 99}')
+    assert cli.main(_argv(checkpoints, out, "--num", "1", "--frames", "8", "--format", "npz")) == 0
+    (out / "sample_settings.json").write_text('{"frames": ')
+    assert cli.main(_argv(checkpoints, out, "--num", "1", "--frames", "8", "--format", "npz")) == 2
+    assert "damaged" in capsys.readouterr().err  # with a video there, it cannot be matched any more
+
+
+def test_resume_compares_resolved_settings_and_refuses_another_precision(checkpoints, tmp_path, capsys):
+    out = tmp_path / "samples"
+    base = ["--num", "1", "--format", "npz", "--precision", "fp32"]
+    assert cli.main(_argv(checkpoints, out, *base)) == 0
+    settings = json.loads((out / "sample_settings.json").read_text())
+    assert settings["guidance"] == 0.0 and settings["precision"] == "fp32" and settings["device"] == "cpu"
+    assert cli.main(_argv(checkpoints, out, *base, "--guidance", "0")) == 0  # the config's default, spelled out
+    assert "1 already there" in capsys.readouterr().out
+    assert cli.main(_argv(checkpoints, out, "--num", "2", "--format", "npz", "--precision", "bf16")) == 2
+    assert "precision" in capsys.readouterr().err
+    assert cli.main(_argv(checkpoints, out, *base, "--fps", "8")) == 2
+    assert "fps" in capsys.readouterr().err
+    ddim = ["sample", "--autoencoder", str(checkpoints / "ae.safetensors"), "--diffusion",
+            str(checkpoints / "diffusion.safetensors"), "--device", "cpu", "--quiet", "--format", "npz",
+            "--sampler", "ddim", "--steps", "2", "--out", str(tmp_path / "ddim")]
+    assert cli.main(ddim) == 0
+    assert cli.main(ddim + ["--eta", "1"]) == 0  # DDIM's default eta, spelled out
+
+
+def test_config_and_overrides_with_pvdm_fast_checkpoints_are_refused(checkpoints, tmp_path, capsys):
+    assert cli.main(_argv(checkpoints, tmp_path, "diffusion.guidance=3")) == 2
+    assert "official checkpoints only" in capsys.readouterr().err
+    assert cli.main(_argv(checkpoints, tmp_path, "--config", "sky-256")) == 2
+    assert "official checkpoints only" in capsys.readouterr().err
+
+
+def test_pipeline_refuses_non_integer_and_non_positive_arguments(checkpoints):
+    from pvdm_fast.pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoints(checkpoints / "ae.safetensors", checkpoints / "diffusion.safetensors",
+                                     device="cpu")
+    for bad in (dict(batch_size=-1), dict(batch_size=0), dict(frames=8.7), dict(steps=2.5),
+                dict(num_videos=1.5), dict(seeds=["1"]), dict(frames=True)):
+        kw = {"sampler": "dpm++2m", "steps": 2, **bad}
+        with pytest.raises(ValueError, match="must be"):
+            pipe(**kw)
+    assert pipe(seeds=np.arange(1), frames=8.0, sampler="dpm++2m", steps=2).shape == (1, 8, 16, 16, 3)
