@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 C3D_SIZE = 112
+C3D_FRAMES = 16  # TGANv2's mean clip (mean2.npz) and StyleGAN-V's IS protocol
 C3D_FILE_HELP = ("the UCF-101 fine-tuned C3D of the TGAN / StyleGAN-V Inception Score: StyleGAN-V's TorchScript "
                  "`c3d_ucf101.pt`, a state dict with pvdm_fast's C3D names, or TGANv2's Chainer "
                  "`conv3d_deepnetA_ucf.npz` plus its `mean2.npz`")
@@ -97,47 +98,97 @@ def _read_mean(mean: np.ndarray, size: int) -> torch.Tensor:
     return mean[:, :, top:top + size, left:left + size].contiguous()
 
 
-def load_c3d(path, mean_path=None, device: str | torch.device = "cpu") -> nn.Module:
-    """An eval-mode C3D (returns probabilities) from one of the files listed in the module docstring."""
-    from pvdm_fast.metrics.i3d import is_torchscript
+def _read_npz(path: pathlib.Path, kind: str, expected: str) -> dict:
+    """All arrays of an .npz file; an unreadable one raises ValueError naming it."""
+    import zipfile
+    import zlib
+
+    from pvdm_fast.metrics.weights import unreadable
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise unreadable(path, kind, exc, expected) from None
+
+
+def _load_torchscript(path: pathlib.Path, device) -> "TorchScriptC3D":
+    from pvdm_fast.metrics.weights import load_torchscript, torchscript_arguments
+
+    scripted = load_torchscript(path, "C3D", C3D_FILE_HELP, device)
+    if "return_features" in torchscript_arguments(scripted):
+        raise ValueError(f"{path} looks like StyleGAN-V's TorchScript I3D (`i3d_torchscript.pt`, the FVD network: "
+                         f"pass it as --i3d), not the C3D; expected {C3D_FILE_HELP}")
+    return TorchScriptC3D(scripted)
+
+
+def _state_dict(path) -> dict:
+    from pvdm_fast.metrics.weights import read_state_dict
 
     if isinstance(path, dict):
-        sd = dict(path)
-    else:
+        return dict(path)
+    if path.suffix == ".npz":
+        z = _read_npz(path, "C3D", C3D_FILE_HELP)
+        sd = {k: torch.as_tensor(v) for k, v in _from_chainer(z).items()}
+        if "mean" in z:
+            sd["mean"] = torch.as_tensor(z["mean"])
+        return sd
+    return read_state_dict(path, "C3D", C3D_FILE_HELP, ("state_dict.", "module."))
+
+
+def load_c3d(path, mean_path=None, device: str | torch.device = "cpu") -> nn.Module:
+    """An eval-mode C3D (returns probabilities) from one of the files listed in the module docstring.
+
+    Raises FileNotFoundError naming a missing file, ValueError for a file that is unreadable or holds
+    another network (with what it looks like)."""
+    from pvdm_fast.metrics.i3d import is_torchscript
+    from pvdm_fast.metrics.weights import describe_state_dict
+
+    if not isinstance(path, dict):
         path = pathlib.Path(os.fspath(path)).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"C3D weights file {path} not found; it must be {C3D_FILE_HELP}")
         if is_torchscript(path):
-            return TorchScriptC3D(torch.jit.load(str(path), map_location=device)).eval().requires_grad_(False)
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                sd = {k: torch.as_tensor(v) for k, v in _from_chainer(dict(z)).items()}
-                if "mean" in z.files:
-                    sd["mean"] = torch.as_tensor(z["mean"])
-        else:
-            from pvdm_fast.convert import read_official, strip_prefixes
-
-            sd = strip_prefixes(read_official(path), ("state_dict.", "module."))
+            return _load_torchscript(path, device).eval().requires_grad_(False)
+    sd = _state_dict(path)
+    where = "" if isinstance(path, dict) else f"{path}: "
+    if "fc8.weight" not in sd:
+        raise ValueError(f"{where}not a C3D state dict (no fc8.weight; {describe_state_dict(sd)}); expected "
+                         f"{C3D_FILE_HELP}")
     if mean_path is not None:
         mean_path = pathlib.Path(mean_path).expanduser()
         if not mean_path.is_file():
             raise FileNotFoundError(f"C3D mean file {mean_path} not found; it is TGANv2's `mean2.npz` (key 'mean', "
                                     "the Sports-1M BGR mean clip (3, 16, 128, 128))")
-        with np.load(mean_path, allow_pickle=False) as z:
-            sd["mean"] = torch.as_tensor(z["mean"] if "mean" in z.files else z[z.files[0]])
+        z = _read_npz(mean_path, "C3D pixel mean", "TGANv2's `mean2.npz`")
+        if not z:
+            raise ValueError(f"{mean_path} holds no array; expected TGANv2's `mean2.npz`")
+        sd["mean"] = torch.as_tensor(z["mean"] if "mean" in z else next(iter(z.values())))
     if "mean" not in sd:
-        raise ValueError("the C3D weights carry no pixel mean: pass TGANv2's `mean2.npz` (--c3d-mean) with the "
-                         "Chainer weights")
-    if "fc8.weight" not in sd:
-        raise ValueError(f"not a C3D state dict (no fc8.weight); expected {C3D_FILE_HELP}")
+        raise ValueError(f"{where}the C3D weights carry no pixel mean: pass TGANv2's `mean2.npz` (--c3d-mean) with "
+                         "the Chainer weights")
     sd = {k: v.float() for k, v in sd.items()}
     sd["mean"] = _read_mean(sd["mean"].numpy(), C3D_SIZE)
-    model = C3D(num_classes=sd["fc8.weight"].shape[0], frames=sd["mean"].shape[1], hidden=sd["fc7.weight"].shape[0],
+    hidden = sd["fc7.weight"].shape[0] if "fc7.weight" in sd else 4096  # else load_strict names what is missing
+    model = C3D(num_classes=sd["fc8.weight"].shape[0], frames=sd["mean"].shape[1], hidden=hidden,
                 widths=tuple(sd[f"{n}.weight"].shape[0] if f"{n}.weight" in sd else w for n, w in _CONVS))
     from pvdm_fast.convert import load_strict
 
     load_strict(model, sd, "C3D")
     return model.to(device).eval().requires_grad_(False)
+
+
+def c3d_frames(model: nn.Module) -> int:
+    """The clip length `model` takes: its pixel mean's (TGANv2's mean clip: 16 frames, which StyleGAN-V's
+    TorchScript C3D has built in)."""
+    return int(model.mean.shape[1]) if isinstance(model, C3D) else C3D_FRAMES
+
+
+def check_c3d_frames(model: nn.Module, frames: int) -> None:
+    need = c3d_frames(model)
+    if frames != need:
+        raise ValueError(f"the Inception Score's C3D takes clips of exactly {need} frames (the length of its pixel "
+                         f"mean clip), got --frames {frames}")
 
 
 @torch.no_grad()

@@ -12,9 +12,32 @@ import json
 import pathlib
 
 
+def check_device(device: str | None) -> None:
+    """ValueError for a device torch does not know or this machine lacks (before torch's own traceback)."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N (default: cuda when "
+                         "available, else cpu)") from None
+    if dev.type == "cpu":
+        return
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", lambda: False)()
+    if not available:
+        raise ValueError(f"--device {device}: no {dev.type} device is available on this machine; use cpu")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"--device {device}: this machine has {count} {dev.type} device(s), numbered from 0")
+
+
 def _context(device):
     from pvdm_fast.train import distributed as D
 
+    check_device(device)
     return D, D.setup(device)
 
 
@@ -31,7 +54,7 @@ def _finish(result: dict, out: pathlib.Path, is_main: bool) -> None:
 
 
 def _num(value: int) -> int | None:
-    return None if value == 0 else value
+    return None if value == 0 else value  # a negative count is refused by the evaluation itself
 
 
 def _cmd_distance(args: argparse.Namespace) -> int:

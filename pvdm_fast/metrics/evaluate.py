@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from pvdm_fast.metrics.features import accumulate, dist_rank_world, iter_dataset_batches
-from pvdm_fast.metrics.sample_reader import iter_sample_batches, list_samples
-from pvdm_fast.metrics.stats import FeatureStats, check_protocol, load_stats, save_stats
+from pvdm_fast.metrics.sample_reader import iter_sample_batches, list_samples, sample_size
+from pvdm_fast.metrics.stats import (CACHE_REMEDY, FeatureStats, check_cache_path, check_protocol, load_stats,
+                                     save_stats)
 
 STATS_FORMAT = "pvdm_fast.feature_stats.v1"
 # Keys of a real-statistics protocol that must agree with the generated side's network and clips.
@@ -28,6 +29,28 @@ def _sha256(path) -> str:
     return file_sha256(path)
 
 
+def _not_count(value) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+
+
+def check_positive(**values) -> None:
+    """ValueError naming the first option (as its CLI flag) that is not a positive integer; None passes."""
+    for name, value in values.items():
+        if value is not None and _not_count(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
+def _check_num(num) -> None:
+    """Generated-video count: None (every video) or positive; a negative one would slice from the end."""
+    if num is not None and _not_count(num):
+        raise ValueError(f"--num must be a positive number of videos (or 0 for every generated video), got {num!r}")
+
+
+def _check_workers(workers) -> None:
+    if workers < 0:
+        raise ValueError(f"--workers must be 0 (decode in this process) or more, got {workers}")
+
+
 def _i3d(path, device):
     from pvdm_fast.metrics.i3d import i3d_features, i3d_protocol, load_i3d
 
@@ -36,7 +59,19 @@ def _i3d(path, device):
         "pvdm": "short side to 224 (bilinear), centre crop 224, x/255*2-1 (pytorch-i3d)",
         "stylegan-v": "TorchScript detector(rescale=True, resize=True, return_features=True) on uint8 values",
     }[i3d_protocol(model)]}
-    return (lambda videos: i3d_features(model, videos)), net
+    return model, (lambda videos: i3d_features(model, videos)), net
+
+
+def _check_real_size(size: tuple[int, int], fake, real_size: int, real_desc: str, fix: str) -> None:
+    """FVD / KVD compare both sides at one resolution: the generated videos' (H, W) must be the real
+    clips' real_size x real_size."""
+    h, w = size
+    if (h, w) == (real_size, real_size):
+        return
+    if h != w:
+        fix = "the real clips are square, so the generated videos must be square too"
+    raise ValueError(f"generated videos in {fake} are {h}x{w} but {real_desc}; FVD / KVD compare both sides at one "
+                     f"resolution: {fix}")
 
 
 def real_features(real: str, extract, net: dict, *, num: int, frames: int, stride: int, resolution: int,
@@ -51,8 +86,10 @@ def real_features(real: str, extract, net: dict, *, num: int, frames: int, strid
     protocol = {"format": STATS_FORMAT, **net, "frames": frames, "stride": stride, "data": str(real),
                 "split": split, "fold": fold, "resolution": resolution, "num": num, "seed": seed,
                 "clip_sampling": CLIP_SAMPLING}
-    if stats_cache is not None and pathlib.Path(stats_cache).is_file():
-        stats, cached = load_stats(stats_cache)
+    if stats_cache is not None:
+        stats_cache = check_cache_path(stats_cache)
+    if stats_cache is not None and stats_cache.is_file():
+        stats, cached = load_stats(stats_cache, remedy=CACHE_REMEDY)
         check_protocol(stats_cache, cached, protocol)
         return stats["mean"], stats["cov"], stats["features"], {"stats_file": str(stats_cache), **cached}
     rank, world = dist_rank_world()
@@ -65,35 +102,66 @@ def real_features(real: str, extract, net: dict, *, num: int, frames: int, strid
     return stats.mean, stats.cov, stats.features, protocol
 
 
-def fake_features(fake, extract, *, num, frames, stride, batch_size, progress) -> tuple[FeatureStats, dict]:
+def fake_features(fake, extract, *, num, frames, stride, batch_size, progress,
+                  size: tuple[int, int] | None = None) -> tuple[FeatureStats, dict]:
+    """Features of the first `num` generated videos (all when None) and their protocol, which records
+    their resolution [height, width] (`size` when the caller has read it already)."""
+    _check_num(num)
+    check_positive(frames=frames, stride=stride, batch_size=batch_size)
     rank, world = dist_rank_world()
     available = len(list_samples(fake))
     num = available if num is None else num
+    size = size or sample_size(fake, frames, stride)
     batches = iter_sample_batches(fake, batch_size, frames, stride, num=num, rank=rank, world_size=world)
     stats = accumulate(batches, extract, progress=progress, total=num, desc="generated")
-    return stats, {"samples": str(fake), "num": num, "frames": frames, "stride": stride}
+    return stats, {"samples": str(fake), "num": num, "frames": frames, "stride": stride,
+                   "resolution": [int(size[0]), int(size[1])]}
 
 
 def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 16, stride: int = 1,
                  resolution: int = 256, batch_size: int = 8, seed: int = 0, split=None, fold: int = 1,
                  workers: int = 0, stats_cache=None, device="cpu", kvd: dict | None = None,
                  progress: bool = False) -> dict:
-    """FVD (and KVD when `kvd` holds its options) of the videos in `fake` against `real`."""
+    """FVD (and KVD when `kvd` holds its options) of the videos in `fake` against `real`.
+
+    Every option, the I3D's minimum clip length, the generated videos' resolution against the real
+    clips' and the --stats-cache path are checked before any feature is extracted."""
     from pvdm_fast.metrics.fvd import frechet_distance_from_stats
+    from pvdm_fast.metrics.i3d import check_i3d_frames
     from pvdm_fast.metrics.kvd import kernel_distance
 
-    extract, net = _i3d(i3d, device)
+    _check_num(num)
+    check_positive(frames=frames, stride=stride, batch_size=batch_size, resolution=resolution)
+    _check_workers(workers)
+    if kvd is not None:
+        check_positive(subsets=kvd.get("num_subsets"))
+        if kvd.get("subset_size", 2) < 2:
+            raise ValueError(f"--subset-size must be at least 2 (KVD's unbiased estimate), got {kvd['subset_size']}")
+    from_stats = real.endswith(".npz")
+    if stats_cache is not None and not from_stats:
+        stats_cache = check_cache_path(stats_cache)
+    model, extract, net = _i3d(i3d, device)
+    check_i3d_frames(model, frames)
     available = len(list_samples(fake))  # a missing or empty folder fails here, before any real video is read
     num = available if num is None else num
     if num > available:
         raise ValueError(f"{fake} holds {available} videos, fewer than the {num} requested (lower --num)")
+    size = sample_size(fake, frames, stride)
+    if not from_stats:
+        _check_real_size(size, fake, resolution, f"the real clips are resized to {resolution}x{resolution} "
+                         f"(--resolution {resolution})", f"pass --resolution {size[0]}")
     # The real side first: a cached file with another protocol is refused before any video is read.
     mean, cov, feats, real_protocol = real_features(
         real, extract, net, num=num, frames=frames, stride=stride, resolution=resolution,
         batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers, stats_cache=stats_cache,
         progress=progress)
+    if from_stats and isinstance(real_protocol.get("resolution"), int):
+        r = real_protocol["resolution"]
+        _check_real_size(size, fake, r, f"the statistics in {real} are of {r}x{r} real clips",
+                         f"evaluate samples of {r}x{r}, or recompute the statistics with --real FORMAT:PATH "
+                         f"--resolution {size[0]} --stats-cache FILE")
     fake_stats, fake_protocol = fake_features(fake, extract, num=num, frames=frames, stride=stride,
-                                              batch_size=batch_size, progress=progress)
+                                              batch_size=batch_size, progress=progress, size=size)
     result = {"fvd": frechet_distance_from_stats(mean, cov, fake_stats.mean, fake_stats.cov)}
     if kvd is not None:
         if feats is None:
@@ -108,10 +176,21 @@ def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 
 
 def evaluate_is(*, fake, c3d, c3d_mean=None, num: int | None = 2048, frames: int = 16, stride: int = 1,
                 splits: int = 10, batch_size: int = 8, device="cpu", progress: bool = False) -> dict:
-    from pvdm_fast.metrics.c3d import c3d_probabilities, load_c3d
+    """Inception Score of the videos in `fake`; options, the clip length the C3D takes and the first
+    video are checked before any feature is extracted."""
+    from pvdm_fast.metrics.c3d import c3d_probabilities, check_c3d_frames, load_c3d
     from pvdm_fast.metrics.inception_score import inception_score
 
+    _check_num(num)
+    check_positive(frames=frames, stride=stride, batch_size=batch_size, splits=splits)
     model = load_c3d(c3d, c3d_mean, device=device)
+    check_c3d_frames(model, frames)
+    available = len(list_samples(fake))
+    count = available if num is None else num
+    if count > available:
+        raise ValueError(f"{fake} holds {available} videos, fewer than the {count} requested (lower --num)")
+    if splits > count:
+        raise ValueError(f"--splits {splits} is more than the {count} videos scored; lower --splits")
     stats, fake_protocol = fake_features(fake, lambda v: c3d_probabilities(model, v), num=num, frames=frames,
                                          stride=stride, batch_size=batch_size, progress=progress)
     mean, std = inception_score(stats.features, splits=splits)
@@ -120,6 +199,26 @@ def evaluate_is(*, fake, c3d, c3d_mean=None, num: int | None = 2048, frames: int
     if c3d_mean is not None:
         protocol["mean_sha256"] = _sha256(c3d_mean)
     return {"is": mean, "is_std": std, "protocol": protocol}
+
+
+def _lpips(path, heads, device):
+    """LPIPS from the user's file(s) or None; an unreadable file raises ValueError naming it."""
+    from pvdm_fast.metrics.weights import read_errors, read_state_dict
+    from pvdm_fast.models.lpips import LPIPS
+
+    if path is None:
+        return None
+    try:
+        return LPIPS.from_file(path, heads).to(device)
+    except (ValueError, *read_errors()) as first:
+        # An unreadable file? Read each alone: that one raises the ValueError naming it and its kind;
+        # when both read, the error was about their contents (missing keys, ...) and stands.
+        for file, kind, expected in ((path, "VGG16 / LPIPS", "torchvision's VGG16 (`vgg16-397923af.pth`), or VGG16 "
+                                      "and the LPIPS heads merged in one file"),
+                                     (heads, "LPIPS linear heads", "the LPIPS heads `vgg.pth`")):
+            if file is not None:
+                read_state_dict(file, kind, expected)
+        raise first
 
 
 def evaluate_recon(*, autoencoder, data: str, num: int = 256, stride: int | None = None, batch_size: int = 4,
@@ -132,16 +231,16 @@ def evaluate_recon(*, autoencoder, data: str, num: int = 256, stride: int | None
     from pvdm_fast.metrics.recon import evaluate_reconstruction
     from pvdm_fast.pipeline import load_autoencoder
 
+    check_positive(num=num, stride=stride, batch_size=batch_size)
+    _check_workers(workers)
+    if lpips_heads is not None and lpips is None:
+        raise ValueError("--lpips-heads needs --lpips (the VGG16 weights the heads sit on)")
     model = load_autoencoder(autoencoder).to(device).eval()
     with safe_open(str(autoencoder), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
     stride = stride or int((config.get("data") or {}).get("frame_stride", 1))
     cfg = model.config
-    lp = None
-    if lpips is not None:
-        from pvdm_fast.models.lpips import LPIPS
-
-        lp = LPIPS.from_file(lpips, lpips_heads).to(device)
+    lp = _lpips(lpips, lpips_heads, device)
     rank, world = dist_rank_world()
     if world > 1:
         raise ValueError("pvdm eval recon runs in one process; launch it without torchrun")

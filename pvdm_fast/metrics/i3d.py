@@ -24,6 +24,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 I3D_SIZE = 224
+# The fewest frames each I3D takes. Three temporal stride-2 stages (Conv3d_1a, MaxPool3d_4a,
+# MaxPool3d_5a) precede the final 2x7x7 average pool, which needs 2 frames. pytorch-i3d computes TF
+# 'SAME' padding from the input size, so each stage gives ceil(T / 2): 9 -> 5 -> 3 -> 2, 8 -> 1.
+# StyleGAN-V's TorchScript (`src.i3dpt_jit.I3D`, scripted from the kinetics_i3d_pytorch port) pads
+# statically (max(k - s, 0), whatever the size) before a floor convolution and ceil-mode pools, so
+# odd lengths lose a frame at the first stage: 9 -> 4 -> 2 -> 1, 10 -> 5 -> 3 -> 2. (Derived from the
+# port's code; 10 is also the floor that common FVD tool-kits enforce for this file.)
+I3D_MIN_FRAMES = {"pvdm": 9, "stylegan-v": 10}
+_TORCHSCRIPT_ARGS = ("rescale", "resize", "return_features")
 I3D_FILE_HELP = ("the Kinetics-400 I3D weights: `i3d_pretrained_400.pt` (pytorch-i3d state dict used by the "
                  "official PVDM, VideoGPT and TATS) or StyleGAN-V's TorchScript `i3d_torchscript.pt`")
 # Branch widths of each Inception block: b0, b1a, b1b, b2a, b2b, b3b (the Kinetics I3D architecture).
@@ -123,6 +132,7 @@ class InceptionI3D(nn.Module):
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"I3D expects (B, 3, T, {I3D_SIZE}, {I3D_SIZE}) from preprocess_for_i3d, got "
                              f"{tuple(x.shape)}")
+        check_i3d_frames(self, x.shape[2])
         logits = self.logits(self.features(x))  # dropout is the identity in eval mode
         return logits.mean(dim=(2, 3, 4))  # spatially 1x1 at 224: the mean over time
 
@@ -176,33 +186,66 @@ def is_torchscript(path: str | os.PathLike) -> bool:
 
 def _i3d_state_dict(source) -> dict:
     from pvdm_fast.convert import read_official, strip_prefixes
+    from pvdm_fast.metrics.weights import read_state_dict
 
-    sd = read_official(source)
-    return strip_prefixes(sd, ("state_dict.", "module.", "model."))
+    prefixes = ("state_dict.", "module.", "model.")
+    if isinstance(source, dict):
+        return strip_prefixes(read_official(source), prefixes)
+    return read_state_dict(source, "I3D", I3D_FILE_HELP, prefixes)
+
+
+def _load_torchscript(path: pathlib.Path, device) -> TorchScriptI3D:
+    from pvdm_fast.metrics.weights import load_torchscript, torchscript_arguments
+
+    scripted = load_torchscript(path, "I3D", I3D_FILE_HELP, device)
+    args = torchscript_arguments(scripted)
+    if not all(a in args for a in _TORCHSCRIPT_ARGS):
+        hint = " (StyleGAN-V's C3D `c3d_ucf101.pt` takes only the video: pass it as --c3d)" if len(args) == 1 else ""
+        raise ValueError(f"{path} is a TorchScript file whose forward takes ({', '.join(args)}), not StyleGAN-V's "
+                         f"I3D (videos, {', '.join(_TORCHSCRIPT_ARGS)}){hint}; expected {I3D_FILE_HELP}")
+    return TorchScriptI3D(scripted)
 
 
 def load_i3d(path_or_state_dict, device: str | torch.device = "cpu") -> nn.Module:
     """An eval-mode I3D from a pytorch-i3d state dict (dict, .pt, .safetensors) or a TorchScript file.
 
     State dicts load strictly (float32 weights; `state_dict.` / `module.` prefixes are stripped); the
-    class count comes from the logits layer. Raises FileNotFoundError naming the file that is needed.
+    class count comes from the logits layer. Raises FileNotFoundError naming the file that is needed,
+    ValueError for a file that is unreadable or holds another network.
     """
+    from pvdm_fast.metrics.weights import describe_state_dict
+
     if not isinstance(path_or_state_dict, dict):
         path = pathlib.Path(os.fspath(path_or_state_dict)).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"I3D weights file {path} not found; it must be {I3D_FILE_HELP}")
         if is_torchscript(path):
-            model = TorchScriptI3D(torch.jit.load(str(path), map_location=device))
-            return model.eval().requires_grad_(False)
+            return _load_torchscript(path, device).eval().requires_grad_(False)
         path_or_state_dict = path
     from pvdm_fast.convert import load_strict
 
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in _i3d_state_dict(path_or_state_dict).items()}
     if "logits.conv3d.weight" not in sd:
-        raise ValueError(f"not a pytorch-i3d state dict (no logits.conv3d.weight); expected {I3D_FILE_HELP}")
+        where = "" if isinstance(path_or_state_dict, dict) else f"{path_or_state_dict}: "
+        raise ValueError(f"{where}not a pytorch-i3d state dict (no logits.conv3d.weight; {describe_state_dict(sd)}); "
+                         f"expected {I3D_FILE_HELP}")
     model = InceptionI3D(num_classes=sd["logits.conv3d.weight"].shape[0])
     load_strict(model, sd, "I3D")
     return model.to(device).eval().requires_grad_(False)
+
+
+def i3d_min_frames(model: nn.Module) -> int:
+    """The fewest frames per clip `model` can take (see I3D_MIN_FRAMES)."""
+    return I3D_MIN_FRAMES[i3d_protocol(model)]
+
+
+def check_i3d_frames(model: nn.Module, frames: int) -> None:
+    """ValueError unless clips of `frames` frames fit through `model` (checked before any video is read)."""
+    need = i3d_min_frames(model)
+    if frames < need:
+        kind = "StyleGAN-V's TorchScript I3D" if i3d_protocol(model) == "stylegan-v" else "the pytorch-i3d I3D"
+        raise ValueError(f"FVD / KVD with {kind} need clips of at least {need} frames (its temporal downsampling "
+                         f"leaves too few frames for the final pooling), got {frames}; raise --frames")
 
 
 def module_device(model: nn.Module) -> torch.device:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -91,20 +93,56 @@ def save_stats(path: str | os.PathLike, stats: FeatureStats, protocol: dict) -> 
     atomic_write(path, write, keep_suffix=True)
 
 
-def load_stats(path: str | os.PathLike) -> tuple[dict, dict]:
-    """({'mean', 'cov', 'count', 'features' or None}, protocol) from a file written by save_stats."""
+class _NotStats(Exception):
+    """A readable .npz that is not a statistics file (kept apart from the archive's own errors)."""
+
+
+STATS_REMEDY = "recompute it with `pvdm eval fvd --real FORMAT:PATH --stats-cache FILE`"
+CACHE_REMEDY = "delete it or pass another --stats-cache path to recompute the statistics"
+
+
+def load_stats(path: str | os.PathLike, remedy: str = STATS_REMEDY) -> tuple[dict, dict]:
+    """({'mean', 'cov', 'count', 'features' or None}, protocol) from a file written by save_stats.
+
+    A missing file raises FileNotFoundError; a corrupt or foreign one ValueError naming it and `remedy`."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"statistics file {path} not found (it is written by `pvdm eval fvd` with "
                                 "--real FORMAT:PATH --stats-cache FILE)")
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("mean", "cov", "count", "protocol") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path} is not a feature statistics file (missing {', '.join(missing)})")
-        stats = {"mean": z["mean"].astype(np.float64), "cov": z["cov"].astype(np.float64),
-                 "count": int(z["count"]), "features": z["features"] if "features" in z.files else None}
-        protocol = json.loads(str(z["protocol"]))
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("mean", "cov", "count", "protocol") if k not in z.files]
+            if missing:
+                raise _NotStats(f"missing {', '.join(missing)}")
+            stats = {"mean": z["mean"].astype(np.float64), "cov": z["cov"].astype(np.float64),
+                     "count": int(z["count"]), "features": z["features"] if "features" in z.files else None}
+            protocol = json.loads(str(z["protocol"]))
+    except _NotStats as exc:
+        raise ValueError(f"{path} is not a feature statistics file ({exc}); {remedy}") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a readable feature statistics file ({type(exc).__name__}: {exc}); "
+                         f"{remedy}") from None
+    if not isinstance(protocol, dict):
+        raise ValueError(f"{path} is not a feature statistics file (its protocol is not a JSON object); {remedy}")
     return stats, protocol
+
+
+def check_cache_path(path: str | os.PathLike) -> pathlib.Path:
+    """The --stats-cache path, checked before any feature is extracted: a file (existing or to be
+    written) whose folder exists or can be created and written to."""
+    path = pathlib.Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"--stats-cache {path} is a folder; pass a file path such as {path / 'real_stats.npz'}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--stats-cache {path} is not a regular file; pass a file path such as real_stats.npz")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # save_stats creates the missing folders below this one
+    if not folder.is_dir():
+        raise ValueError(f"--stats-cache {path}: {folder} is a file, so the folder for the cache cannot be created")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--stats-cache {path}: no permission to write in {folder}; pass another path")
+    return path
 
 
 def protocol_mismatch(cached: dict, wanted: dict, keys=None) -> dict:

@@ -31,8 +31,8 @@ def files(tmp_path_factory):
     return root
 
 
-def _run(*argv) -> int:
-    return main(["eval", *argv, "--quiet", "--device", "cpu"])
+def _run(*argv, device: str = "cpu") -> int:
+    return main(["eval", *argv, "--quiet", "--device", device])
 
 
 def test_fvd_cache_kvd_and_protocol_refusal(files, capsys):
@@ -45,6 +45,7 @@ def test_fvd_cache_kvd_and_protocol_refusal(files, capsys):
     proto = first["protocol"]
     assert proto["frames"] == FRAMES and proto["real"]["num"] == 2 and proto["generated"]["num"] == 2
     assert proto["real"]["data"] == "synthetic:3" and len(proto["network_sha256"]) == 64
+    assert proto["generated"]["resolution"] == [32, 32] and proto["real"]["resolution"] == 32
     # The written statistics file serves as --real directly (no dataset read) and for KVD.
     out = files / "kvd.json"
     assert _run("kvd", "--real", str(cache), "--subsets", "3", "--subset-size", "2", "--out", str(out), *common) == 0
@@ -56,6 +57,14 @@ def test_fvd_cache_kvd_and_protocol_refusal(files, capsys):
     assert _run("fvd", "--real", "synthetic:3", "--resolution", "32", "--stats-cache", str(cache), *common,
                 "--stride", "1", "--seed", "1") == 2
     assert "seed: 0 in the file, 1 now" in capsys.readouterr().err
+    # Statistics of 32x32 real clips against 16x16 samples: refused, not silently compared.
+    small = files / "fake16"
+    small.mkdir()
+    for i in range(2):
+        np.savez(small / f"video_{i}.npz", video=np.zeros((FRAMES, 16, 16, 3), np.uint8))
+    assert _run("fvd", "--real", str(cache), *common[:1], str(small), *common[2:]) == 2
+    err = capsys.readouterr().err
+    assert "are 16x16 but the statistics in" in err and "are of 32x32 real clips" in err and "--resolution 16" in err
 
 
 def test_missing_weights_and_samples(files, capsys, tmp_path):
@@ -99,3 +108,119 @@ def test_reconstruction_identity():
     result = evaluate_reconstruction(torch.nn.Identity(), videos)
     assert result["psnr"] == float("inf") and result["psnr_exact_videos"] == 2
     assert result["ssim"] == pytest.approx(1.0)
+
+
+@pytest.fixture
+def no_real_features(monkeypatch):
+    """Fails the test if real clips are read: the checks must come before any feature extraction."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("real features were extracted before the bad input was refused")
+
+    monkeypatch.setattr("pvdm_fast.metrics.evaluate.iter_dataset_batches", refuse)
+
+
+def _short_first_video(root):
+    from pvdm_fast.data.video_io import write_video
+
+    folder = root / "short_first"
+    if not folder.exists():
+        folder.mkdir()
+        write_video(folder / "video_000000.mp4", np.zeros((4, 32, 32, 3), np.uint8))
+        np.savez(folder / "video_000001.npz", video=np.zeros((16, 32, 32, 3), np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("metric, change, message", [
+    ("fvd", {"--frames": "8"}, "need clips of at least 9 frames"),
+    ("fvd", {"--num": "-1"}, "--num must be a positive number of videos"),
+    ("kvd", {"--num": "-1"}, "--num must be a positive number of videos"),
+    ("fvd", {"--batch-size": "0"}, "--batch-size must be a positive integer"),
+    ("fvd", {"--stride": "0"}, "--stride must be a positive integer"),
+    ("kvd", {"--subsets": "0"}, "--subsets must be a positive integer"),
+    ("fvd", {"--resolution": None}, "are 32x32 but the real clips are resized to 256x256 (--resolution 256)"),
+    ("fvd", {"--stats-cache": "<folder>"}, "is a folder; pass a file path"),
+    ("fvd", {"--device": "tpu"}, "--device 'tpu' is not a device"),
+    ("fvd", {"--i3d": "<text>"}, "is not a readable I3D weight file"),
+    ("fvd", {"--fake": "<short>"}, "video_000000.mp4: cannot read 9 frames"),
+])
+def test_distance_bad_input_exits_2_before_extraction(files, capsys, no_real_features, metric, change, message):
+    (files / "text.pt").write_text("not weights\n")
+    values = {"--real": "synthetic:3", "--fake": str(files / "fake"), "--i3d": str(files / "i3d.pt"),
+              "--num": "2", "--frames": str(FRAMES), "--batch-size": "2", "--resolution": "32",
+              "--stats-cache": str(files / "never_written.npz"), **change}
+    placeholders = {"<folder>": str(files), "<text>": str(files / "text.pt"), "<short>": str(_short_first_video(files))}
+    device = values.pop("--device", "cpu")
+    argv = [x for k, v in values.items() if v is not None for x in (k, placeholders.get(v, v))]
+    capsys.readouterr()
+    assert _run(metric, *argv, device=device) == 2
+    assert message in capsys.readouterr().err
+    assert not (files / "never_written.npz").exists()
+
+
+def test_corrupt_statistics_files_exit_2(files, capsys, no_real_features):
+    bad = files / "cut_stats.npz"
+    bad.write_bytes(b"PK\x03\x04 not a whole zip")
+    common = ["--fake", str(files / "fake"), "--i3d", str(files / "i3d.pt"), "--num", "2", "--frames", str(FRAMES),
+              "--resolution", "32"]
+    assert _run("fvd", "--real", str(bad), *common) == 2
+    assert "cut_stats.npz is not a readable feature statistics file" in capsys.readouterr().err
+    assert _run("fvd", "--real", "synthetic:3", "--stats-cache", str(bad), *common) == 2
+    assert "delete it or pass another --stats-cache path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--batch-size": "0"}, "--batch-size must be a positive integer"),
+    ({"--num": "-2"}, "--num must be a positive number of videos"),
+    ({"--splits": "0"}, "--splits must be a positive integer"),
+    ({"--frames": "8"}, "takes clips of exactly 16 frames"),
+    ({"--c3d": "<i3d>"}, "looks like the Kinetics I3D of FVD"),
+    ({"--device": "tpu"}, "is not a device"),
+    ({"--num": "2", "--fake": "<short>"}, "video_000000.mp4: cannot read 16 frames"),
+])
+def test_is_bad_input_exits_2(files, capsys, change, message):
+    values = {"--fake": str(files / "fake"), "--c3d": str(files / "c3d.safetensors"), "--num": "4",
+              "--splits": "2", "--out": str(files / "is_bad.json"), **change}
+    placeholders = {"<i3d>": str(files / "i3d.pt"), "<short>": str(_short_first_video(files))}
+    device = values.pop("--device", "cpu")
+    argv = [x for k, v in values.items() for x in (k, placeholders.get(v, v))]
+    capsys.readouterr()
+    assert _run("is", *argv, device=device) == 2
+    assert message in capsys.readouterr().err
+    assert not (files / "is_bad.json").exists()
+
+
+def test_short_video_inside_the_folder_exits_2(files, capsys):
+    """Not the first video (checked up front) but one met during extraction: still a clean exit 2."""
+    from pvdm_fast.data.video_io import write_video
+
+    folder = files / "short_later"
+    folder.mkdir()
+    np.savez(folder / "video_000000.npz", video=np.zeros((16, 32, 32, 3), np.uint8))
+    write_video(folder / "video_000001.mp4", np.zeros((4, 32, 32, 3), np.uint8))
+    assert _run("is", "--fake", str(folder), "--c3d", str(files / "c3d.safetensors"), "--num", "2",
+                "--splits", "1", "--batch-size", "1") == 2
+    assert "video_000001.mp4: cannot read 16 frames" in capsys.readouterr().err
+
+
+def test_recon_bad_input_exits_2(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from pvdm_fast.configs import load_config
+    from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
+    from pvdm_fast.models.io import save_weights
+
+    config = AutoencoderConfig(**dict(load_config("tiny").autoencoder))
+    ae = tmp_path / "ae.safetensors"
+    save_weights(ae, Autoencoder(config).state_dict(), "autoencoder", asdict(config))
+    (tmp_path / "vgg16.pth").write_text("<html>moved</html>\n")
+    common = ["--autoencoder", str(ae), "--data", "synthetic:3"]
+    for extra, message in ((["--num", "0"], "--num must be a positive integer, got 0"),
+                           (["--num", "-1"], "--num must be a positive integer, got -1"),
+                           (["--batch-size", "0"], "--batch-size must be a positive integer"),
+                           (["--lpips-heads", str(tmp_path / "vgg.pth")], "--lpips-heads needs --lpips"),
+                           (["--lpips", str(tmp_path / "vgg16.pth")], "vgg16.pth is not a readable VGG16 / LPIPS")):
+        assert _run("recon", *common, "--num", "2", *extra) == 2, extra
+        assert message in capsys.readouterr().err
+    assert _run("recon", *common, device="tpu") == 2
+    assert "is not a device" in capsys.readouterr().err
+    assert not (tmp_path / "ae.recon.json").exists()

@@ -104,3 +104,64 @@ def test_torchscript_file_runs_as_is(tmp_path):
     torch.testing.assert_close(i3d_features(model, v).float(), expected)  # uint8 values, rescale on, features
     pre = preprocess_for_i3d(v, size=8)
     torch.testing.assert_close(model(pre), pre.mean((2, 3, 4)).repeat(1, 2))  # our [-1, 1] input, flags off
+
+
+def test_minimum_frames_per_network(tmp_path):
+    """pytorch-i3d halves T (ceil) three times before a 2-frame pool: 9 frames at least; StyleGAN-V's
+    TorchScript port pads statically and needs 10. Checked before a forward, with a ValueError."""
+    from pvdm_fast.metrics.i3d import check_i3d_frames, i3d_min_frames
+
+    model = InceptionI3D(num_classes=3).eval()
+    assert i3d_min_frames(model) == 9
+    check_i3d_frames(model, 9)
+    with pytest.raises(ValueError, match="at least 9 frames.*got 8; raise --frames"):
+        check_i3d_frames(model, 8)
+    with pytest.raises(ValueError, match="at least 9 frames"):  # not conv3d's "smaller than kernel size"
+        model(torch.zeros(1, 3, 8, I3D_SIZE, I3D_SIZE))
+    path = tmp_path / "i3d_torchscript.pt"
+    torch.jit.save(torch.jit.script(_FakeDetector()), str(path))
+    scripted = load_i3d(path)
+    assert i3d_min_frames(scripted) == 10
+    with pytest.raises(ValueError, match="TorchScript I3D need clips of at least 10 frames"):
+        check_i3d_frames(scripted, 9)
+
+
+def test_pytorch_i3d_temporal_sizes_match_the_stated_minimum():
+    """The arithmetic behind I3D_MIN_FRAMES, on the model's own padding rule (no 224x224 forward)."""
+    import math
+
+    from pvdm_fast.metrics.i3d import I3D_MIN_FRAMES, _same_pad
+
+    def frames_left(t: int) -> int:
+        for kernel, stride in (((7, 1, 1), (2, 1, 1)), ((3, 1, 1), (2, 1, 1)), ((2, 1, 1), (2, 1, 1))):
+            x = _same_pad(torch.zeros(1, 1, t, 1, 1), kernel, stride)
+            t = math.floor((x.shape[2] - kernel[0]) / stride[0]) + 1
+        return t
+
+    assert frames_left(I3D_MIN_FRAMES["pvdm"]) == 2 and frames_left(I3D_MIN_FRAMES["pvdm"] - 1) == 1
+
+
+class _FakeC3D(torch.nn.Module):
+    """StyleGAN-V's C3D convention: only the video."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3, 4)).softmax(1)
+
+
+def test_corrupt_and_foreign_weight_files(tmp_path):
+    """Unreadable files and other networks' files are ValueErrors naming the file and what it looks like."""
+    from pvdm_fast.metrics.c3d import C3D
+
+    (tmp_path / "text.pt").write_text("<html>404 not found</html>\n")  # a failed download
+    torch.save(InceptionI3D(num_classes=2).state_dict(), tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 3])
+    for name in ("text.pt", "cut.pt"):
+        with pytest.raises(ValueError, match=f"{name} is not a readable I3D weight file.*i3d_pretrained_400.pt"):
+            load_i3d(tmp_path / name)
+    torch.save(C3D(widths=(4, 4, 8, 8, 8, 8, 8, 8), hidden=16).state_dict(), tmp_path / "c3d.pt")
+    with pytest.raises(ValueError, match="c3d.pt: not a pytorch-i3d state dict.*looks like the UCF-101 C3D.*--c3d"):
+        load_i3d(tmp_path / "c3d.pt")
+    torch.jit.save(torch.jit.script(_FakeC3D()), str(tmp_path / "c3d_ucf101.pt"))
+    with pytest.raises(ValueError, match="forward takes \\(x\\), not StyleGAN-V's I3D.*pass it as --c3d"):
+        load_i3d(tmp_path / "c3d_ucf101.pt")

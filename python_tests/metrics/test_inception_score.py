@@ -80,3 +80,49 @@ def test_c3d_files(tmp_path):
         load_c3d(tmp_path / "conv3d_deepnetA_ucf.npz")
     with pytest.raises(FileNotFoundError, match="c3d_ucf101.pt"):
         load_c3d(tmp_path / "missing.pt")
+
+
+class _FakeI3D(torch.nn.Module):
+    """StyleGAN-V's I3D calling convention (rescale / resize / return_features)."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        return x.mean((2, 3, 4))
+
+
+def test_c3d_corrupt_and_foreign_files(tmp_path):
+    from pvdm_fast.metrics.i3d import InceptionI3D
+
+    (tmp_path / "text.pt").write_text("not weights\n")
+    with pytest.raises(ValueError, match="text.pt is not a readable C3D weight file.*c3d_ucf101.pt"):
+        load_c3d(tmp_path / "text.pt")
+    np.savez(tmp_path / "chainer.npz", **{"conv1a/W": np.zeros((2, 3, 3, 3, 3), np.float32)})
+    data = (tmp_path / "chainer.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="cut.npz is not a readable C3D weight file"):
+        load_c3d(tmp_path / "cut.npz")
+    # An I3D passed as the C3D says so (it used to ask for mean2.npz).
+    torch.save(InceptionI3D(num_classes=2).state_dict(), tmp_path / "i3d_pretrained_400.pt")
+    with pytest.raises(ValueError, match="not a C3D state dict.*looks like the Kinetics I3D of FVD.*--i3d"):
+        load_c3d(tmp_path / "i3d_pretrained_400.pt")
+    torch.jit.save(torch.jit.script(_FakeI3D()), str(tmp_path / "i3d_torchscript.pt"))
+    with pytest.raises(ValueError, match="looks like StyleGAN-V's TorchScript I3D.*--i3d"):
+        load_c3d(tmp_path / "i3d_torchscript.pt")
+    # A corrupt mean file.
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in C3D(**TINY).state_dict().items() if k != "mean"},
+              str(tmp_path / "c3d.safetensors"))
+    (tmp_path / "mean2.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="mean2.npz is not a readable C3D pixel mean"):
+        load_c3d(tmp_path / "c3d.safetensors", tmp_path / "mean2.npz")
+
+
+def test_c3d_clip_length():
+    from pvdm_fast.metrics.c3d import TorchScriptC3D, c3d_frames, check_c3d_frames
+
+    model = C3D(frames=12, **TINY)
+    assert c3d_frames(model) == 12 and c3d_frames(TorchScriptC3D(torch.nn.Identity())) == 16
+    check_c3d_frames(model, 12)
+    with pytest.raises(ValueError, match="exactly 12 frames.*got --frames 8"):
+        check_c3d_frames(model, 8)

@@ -49,3 +49,46 @@ def test_errors(tmp_path):
     np.savez(tmp_path / "b.npz", x=_video(0), y=_video(1))
     with pytest.raises(ValueError, match="none is named 'video'"):
         read_sample(tmp_path / "b.npz", 2)
+
+
+def test_unreadable_and_short_videos_are_value_errors_naming_the_file(tmp_path):
+    """Every format: a short or undecodable video is a ValueError naming it and what to do (the CLI exits 2),
+    never PyAV's / Pillow's RuntimeError."""
+    from PIL import Image
+
+    from pvdm_fast.data.video_io import write_video
+
+    video = _video(0, t=4)
+    write_video(tmp_path / "short.mp4", video)
+    frames = [Image.fromarray(f) for f in video]
+    frames[0].save(tmp_path / "short.gif", save_all=True, append_images=frames[1:], duration=100)
+    for name in ("short.mp4", "short.gif"):
+        with pytest.raises(ValueError, match=f"{name}: cannot read 8 frames.*lower --frames"):
+            read_sample(tmp_path / name, 8)
+        assert read_sample(tmp_path / name, 4).shape == (4, 16, 16, 3)
+    (tmp_path / "garbage.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="garbage.mp4: cannot read 2 frames.*re-generate the video"):
+        read_sample(tmp_path / "garbage.mp4", 2)
+    np.savez(tmp_path / "whole.npz", video=video)
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match="cut.npz is not a readable .npz video.*re-generate"):
+        read_sample(tmp_path / "cut.npz", 2)
+    (tmp_path / "frames").mkdir()
+    for t, frame in enumerate(video):
+        Image.fromarray(frame).save(tmp_path / "frames" / f"{t}.png")
+    (tmp_path / "frames" / "1.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="1.png: unreadable image.*re-generate"):
+        read_sample(tmp_path / "frames", 3)
+
+
+def test_sizes_must_agree_across_batches(tmp_path):
+    from pvdm_fast.metrics.sample_reader import sample_size
+
+    for i, size in enumerate((16, 16, 8)):
+        np.savez(tmp_path / f"video_{i}.npz", video=_video(i, h=size, w=size))
+    assert sample_size(tmp_path, 2) == (16, 16)
+    with pytest.raises(ValueError, match="video_2.npz is 8x8, video_0.npz is 16x16"):
+        list(iter_sample_batches(tmp_path, batch_size=2, frames=2))  # the odd one is alone in its batch
+    with pytest.raises(ValueError, match="batch size must be a positive integer"):
+        list(iter_sample_batches(tmp_path, batch_size=0, frames=2))

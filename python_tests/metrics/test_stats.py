@@ -66,3 +66,27 @@ def test_missing_and_foreign_files(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="not a feature statistics file"):
         load_stats(tmp_path / "other.npz")
+
+
+def test_corrupt_statistics_file_names_it(tmp_path):
+    from pvdm_fast.metrics.stats import CACHE_REMEDY
+
+    path = tmp_path / "real.npz"
+    save_stats(path, _stream(np.random.default_rng(3).normal(size=(6, 2)), [6]), {"frames": 16})
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # an interrupted copy: zipfile.BadZipFile before
+    with pytest.raises(ValueError, match="real.npz is not a readable feature statistics file.*recompute it"):
+        load_stats(path)
+    with pytest.raises(ValueError, match="real.npz is not a readable .*delete it or pass another --stats-cache"):
+        load_stats(path, remedy=CACHE_REMEDY)
+
+
+def test_cache_path_checked_up_front(tmp_path):
+    from pvdm_fast.metrics.stats import check_cache_path
+
+    with pytest.raises(ValueError, match="is a folder; pass a file path"):
+        check_cache_path(tmp_path)
+    assert check_cache_path(tmp_path / "new" / "deeper" / "real.npz") == tmp_path / "new" / "deeper" / "real.npz"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, so the folder for the cache cannot be created"):
+        check_cache_path(tmp_path / "file" / "real.npz")
