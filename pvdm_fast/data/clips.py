@@ -34,6 +34,8 @@ class ClipConfig:
     def __post_init__(self):
         if self.frames < 1 or self.stride < 1:
             raise ValueError(f"clip frames and stride must be >= 1, got frames={self.frames} stride={self.stride}")
+        if self.clips_per_video < 0:
+            raise ValueError(f"clips per video must be >= 0 (0: all, in windows mode), got {self.clips_per_video}")
         if self.mode not in MODES:
             raise ValueError(f"clip mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "eval" and self.clips_per_video < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from typing import Sequence
 
@@ -96,7 +97,7 @@ def open_dataset(spec: str | DataSpec, *, resolution: int, frames: int, stride: 
                  mode: str = "train", clips_per_video: int = 1, offsets: Sequence[int] = (0,),
                  split: str | None = None, fold: int = 1, seed: int = 0, antialias: bool = True,
                  verify: bool = False, synthetic_frames: int | None = None,
-                 substitute: bool | None = None) -> ClipDataset:
+                 substitute: bool | None = None, allow_empty: bool = False) -> ClipDataset:
     """A ClipDataset for `FORMAT:PATH` (see pvdm_fast.data.specs.LAYOUTS).
 
     split: ucf101 "all" (default, the convention for generation) / "train" / "test" with `fold`;
@@ -104,7 +105,8 @@ def open_dataset(spec: str | DataSpec, *, resolution: int, frames: int, stride: 
     truncated files up front (slower start; `pvdm data check` does it). synthetic_frames: length of
     synthetic videos, default room for two consecutive clips (so the latent cache has pairs).
     Raises FileNotFoundError / ValueError naming the path and the expected layout when nothing
-    usable is found.
+    usable is found (allow_empty: return a dataset without clips instead, once videos were found,
+    so that its `skipped` list can be reported).
     """
     spec = parse_spec(spec)
     config = ClipConfig(frames, stride, cond, mode, clips_per_video, tuple(offsets))
@@ -115,15 +117,25 @@ def open_dataset(spec: str | DataSpec, *, resolution: int, frames: int, stride: 
         raise ValueError(f"no videos found in {spec.path}; expected {spec.layout}")
     dataset = ClipDataset(sources, config, resolution, antialias=antialias, seed=seed, skipped=skipped,
                           name=str(spec), substitute=substitute)
-    if len(dataset) == 0:
+    check = check_command(spec, config, split, fold)
+    if len(dataset) == 0 and not allow_empty:
         reasons = sorted({s["reason"].split(":")[0] for s in dataset.skipped})
         raise ValueError(f"no usable clips in {spec}: {len(sources) + len(skipped)} videos found, "
                          f"{len(dataset.skipped)} skipped ({'; '.join(reasons)}); "
-                         f"run `pvdm data check {spec}` for details")
-    if dataset.skipped:
+                         f"run `{check}` for details")
+    if dataset.skipped and len(dataset):
         short = len(dataset.plan.skipped)
         first = dataset.skipped[0]
         warnings.warn(f"{spec}: skipped {len(dataset.skipped)} videos ({len(dataset.skipped) - short} unreadable or "
                       f"missing, {short} too short; first: {first['path']}: {first['reason']}); "
-                      f"`pvdm data check {spec}` lists them", RuntimeWarning, stacklevel=2)
+                      f"`{check}` lists them", RuntimeWarning, stacklevel=2)
     return dataset
+
+
+def check_command(spec: DataSpec, config: ClipConfig, split: str | None, fold: int) -> str:
+    """The `pvdm data check` command line that lists what this dataset skipped, with its clip settings."""
+    words = ["pvdm data check", shlex.quote(str(spec)), f"--frames {config.frames}"]
+    words += [f"--stride {config.stride}"] if config.stride != 1 else []
+    words += [f"--split {split}"] if split is not None else []
+    words += [f"--fold {fold}"] if spec.format == "ucf101" and split not in (None, "all") and fold != 1 else []
+    return " ".join(words)

@@ -13,21 +13,29 @@ from pvdm_fast.data.video_io import VIDEO_EXTENSIONS
 SPLITS = {"ucf101": ("all", "train", "test"), "sky": ("train", "test")}
 DEFAULT_SPLIT = {"ucf101": "all", "sky": "train"}
 UCF_SPLIT_FOLDER = "ucfTrainTestlist"
+# The official SkyTimelapse archive unpacks to sky_train/ and sky_test/; other copies use train/ and test/ or val/.
+SKY_FOLDERS = {"train": ("train", "sky_train"), "test": ("test", "val", "sky_test")}
 
 
 def _walk_files(root: pathlib.Path, suffixes: tuple[str, ...], skip_dirs: tuple[str, ...] = ()) -> list[str]:
     found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = frame_io.natural_sorted(d for d in dirs if d not in skip_dirs)
-        found += [os.path.join(folder, f) for f in frame_io.natural_sorted(files) if f.lower().endswith(suffixes)]
+        dirs[:] = _visible_dirs(dirs, skip_dirs)
+        found += [os.path.join(folder, f) for f in frame_io.natural_sorted(files)
+                  if f.lower().endswith(suffixes) and not frame_io.is_hidden(f)]
     return found
+
+
+def _visible_dirs(dirs: list[str], skip_dirs: tuple[str, ...] = ()) -> list[str]:
+    """Subfolders to descend into, in natural order: not hidden (.AppleDouble, .git), not skipped."""
+    return frame_io.natural_sorted(d for d in dirs if d not in skip_dirs and not frame_io.is_hidden(d))
 
 
 def frame_folders(root: pathlib.Path) -> tuple[list[FrameFolder], list[dict]]:
     """Every folder under `root` (itself included) that directly holds frame images."""
     found, skipped = [], []
     for folder, dirs, _files in os.walk(root):
-        dirs[:] = frame_io.natural_sorted(dirs)
+        dirs[:] = _visible_dirs(dirs)
         try:
             names = frame_io.list_frames(folder)
         except OSError as exc:
@@ -76,10 +84,10 @@ def sky(spec: DataSpec, split: str, verify: bool) -> tuple[list[Source], list[di
     del verify  # frame folders are checked when read
     root = spec.path
     require_dir(root, spec)
-    names = ("train",) if split == "train" else ("test", "val")
+    names = SKY_FOLDERS[split]
     folder = next((root / n for n in names if (root / n).is_dir()), None)
     if folder is None:
-        raise FileNotFoundError(f"sky split {split!r} needs {' or '.join(str(root / n) for n in names)}; "
+        raise FileNotFoundError(f"sky split {split!r} needs one of the folders {', '.join(names)} in {root}; "
                                 f"expected {spec.layout}")
     return frame_folders(folder)
 

@@ -23,12 +23,17 @@ def natural_sorted(names) -> list[str]:
     return sorted(names, key=natural_key)
 
 
+def is_hidden(name: str) -> bool:
+    """Dotfiles and dot-folders: macOS AppleDouble `._frame1.png`, `.DS_Store`, `.thumbnails/`."""
+    return name.startswith(".")
+
+
 def is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+    return not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def list_frames(folder: str | os.PathLike) -> list[str]:
-    """Image file names in `folder` (not recursive), natural order."""
+    """Image file names in `folder` (not recursive, hidden files left out), natural order."""
     with os.scandir(folder) as entries:
         return natural_sorted(e.name for e in entries if e.is_file() and is_image(e.name))
 
@@ -36,7 +41,8 @@ def list_frames(folder: str | os.PathLike) -> list[str]:
 def list_subfolders(folder: str | os.PathLike) -> list[pathlib.Path]:
     folder = pathlib.Path(folder)
     with os.scandir(folder) as entries:
-        return [folder / name for name in natural_sorted(e.name for e in entries if e.is_dir())]
+        names = [e.name for e in entries if e.is_dir() and not is_hidden(e.name)]
+    return [folder / name for name in natural_sorted(names)]
 
 
 class FrameReadError(RuntimeError):

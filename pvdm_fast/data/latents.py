@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 from pvdm_fast._atomic import atomic_write
+from pvdm_fast.data.sources import SyntheticVideo
+from pvdm_fast.data.specs import FORMATS
 
 CACHE_FORMAT = "pvdm_fast.latents.v1"
 MANIFEST = "manifest.json"
@@ -48,19 +50,62 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def dataset_identity(dataset) -> dict:
-    """What must match for a resumed run to continue an existing cache."""
+def _source_path(source) -> str:
+    """A video's path resolved (absolute, symlinks followed): `videos:many` and `videos:/abs/many`
+    name the same files. Synthetic videos keep their `synthetic:i` names."""
+    return source.path if isinstance(source, SyntheticVideo) else os.path.realpath(source.path)
+
+
+def _data_name(name: str) -> str:
+    """`FORMAT:PATH` with PATH resolved; other names (synthetic:N, "") unchanged."""
+    fmt, sep, rest = name.partition(":")
+    return f"{fmt}:{os.path.realpath(rest)}" if sep and rest and fmt in FORMATS and fmt != "synthetic" else name
+
+
+def _identity(dataset, name: str, paths: list[str]) -> dict:
     c = dataset.config
-    items = [(dataset.sources[v].path, s) for v, s in dataset.plan.items]
-    return {"name": dataset.name, "resolution": dataset.resolution, "frames": c.frames, "stride": c.stride,
+    items = [(paths[v], s) for v, s in dataset.plan.items]
+    return {"name": name, "resolution": dataset.resolution, "frames": c.frames, "stride": c.stride,
             "offsets": list(c.offsets), "clips_per_video": c.clips_per_video, "antialias": dataset.antialias,
             "items": len(items), "items_sha256": hashlib.sha256(json.dumps(items).encode()).hexdigest()}
+
+
+def dataset_identity(dataset) -> dict:
+    """What must match for a resumed run to continue an existing cache: clip settings and the clips,
+    by resolved paths ("paths": "resolved"; caches written before it hold the paths as spelled)."""
+    paths = [_source_path(s) for s in dataset.sources]
+    return {**_identity(dataset, _data_name(dataset.name), paths), "paths": "resolved"}
+
+
+def _same_data(old: dict, fresh: dict, dataset) -> bool:
+    """Whether a cache's manifest `old` was built from the data `dataset` holds (identity `fresh`)."""
+    if old["data"] == fresh["data"]:
+        return True
+    if "paths" in old["data"]:
+        return False
+    # A cache from before resolved paths: its identity used the paths as they were spelled then, which its
+    # "videos" list keeps; they must name the same files (relative ones seen from this working directory).
+    spelled = old.get("videos", [])
+    if len(spelled) != len(dataset.sources) or _data_name(old["data"]["name"]) != fresh["data"]["name"]:
+        return False
+    for then, source in zip(spelled, dataset.sources):
+        if (then if isinstance(source, SyntheticVideo) else os.path.realpath(then)) != _source_path(source):
+            return False
+    return _identity(dataset, old["data"]["name"], spelled) == old["data"]
+
+
+def _difference(key: str, cached, wanted) -> str:
+    """`key: cached vs wanted`, for dicts only the entries that differ."""
+    if isinstance(cached, dict) and isinstance(wanted, dict):
+        keys = [k for k in {**cached, **wanted} if cached.get(k) != wanted.get(k)]
+        return "; ".join(f"{key}.{k}: {cached.get(k)} vs {wanted.get(k)}" for k in keys)
+    return f"{key}: {cached} vs {wanted}"
 
 
 def _start_manifest(out: pathlib.Path, autoencoder_id: str, autoencoder_config: dict, dataset,
                     shard_size: int, store_dtype: torch.dtype) -> dict:
     fresh = {"format": CACHE_FORMAT, "autoencoder": {"sha256": autoencoder_id, "config": autoencoder_config},
-             "data": dataset_identity(dataset), "videos": [s.path for s in dataset.sources],
+             "data": dataset_identity(dataset), "videos": [_source_path(s) for s in dataset.sources],
              "hop": dataset.config.hop, "shard_size": shard_size, "store_dtype": str(store_dtype).split(".")[-1],
              "shards": [], "failed": [], "count": 0, "complete": False}
     if not (out / MANIFEST).exists():
@@ -68,10 +113,36 @@ def _start_manifest(out: pathlib.Path, autoencoder_id: str, autoencoder_config: 
     old = read_manifest(out)
     for key, what in (("autoencoder", "autoencoder"), ("data", "data settings"), ("shard_size", "shard size"),
                       ("store_dtype", "storage dtype")):
-        if old[key] != fresh[key]:
-            raise ValueError(f"{out} holds a latent cache with a different {what} ({key}: {old[key]} vs "
-                             f"{fresh[key]}); pass a new --out folder or delete the old cache")
-    return old
+        same = _same_data(old, fresh, dataset) if key == "data" else old[key] == fresh[key]
+        if not same:
+            difference = _difference(key, old[key], fresh[key])
+            raise ValueError(f"{out} holds a latent cache with a different {what} ({difference}); "
+                             "pass a new --out folder or delete the old cache")
+    return {**old, "data": fresh["data"], "videos": fresh["videos"]}  # an old cache's identity is upgraded
+
+
+def _check_encode_args(batch_size: int, shard_size: int, num_workers: int) -> None:
+    for name, flag, value, least in (("batch_size", "--batch-size", batch_size, 1),
+                                     ("shard_size", "--shard-size", shard_size, 1),
+                                     ("num_workers", "--workers", num_workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} ({flag}) must be an integer >= {least}, got {value!r}")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or cuda when available else cpu; ValueError for a malformed or unavailable device."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r} ({exc}); pass e.g. --device cuda, cuda:1 or cpu") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA is not available (no GPU visible, or torch built without CUDA): pass --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} does not exist: {torch.cuda.device_count()} CUDA devices are visible")
+    return device
 
 
 @torch.no_grad()
@@ -85,10 +156,11 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.Path
     default: they lie in (-1, 1), where float16 keeps 11 bits). Returns the manifest."""
     from tqdm import tqdm
 
+    _check_encode_args(batch_size, shard_size, num_workers)
+    device = resolve_device(device)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(out, autoencoder_id, autoencoder_config or {}, dataset, shard_size, store_dtype)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     autoencoder.eval().to(device)
     done = {s["index"] for s in manifest["shards"] if (out / s["file"]).is_file()}
     manifest["shards"] = [s for s in manifest["shards"] if s["index"] in done]
@@ -115,9 +187,9 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.Path
 
 def _encode_items(autoencoder, dataset, items: range, batch_size: int, device: torch.device, num_workers: int,
                   bar) -> tuple[dict, list[dict]]:
-    from pvdm_fast.data.loader import worker_context
+    from pvdm_fast.data.loader import _worker_init, worker_context
 
-    extra = {"multiprocessing_context": worker_context()} if num_workers > 0 else {}
+    extra = {"multiprocessing_context": worker_context(), "worker_init_fn": _worker_init} if num_workers > 0 else {}
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(items)), batch_size=batch_size,
                                          num_workers=num_workers, pin_memory=device.type == "cuda", **extra)
     latents, videos, starts, failed = [], [], [], []

@@ -6,7 +6,13 @@ so a batch is the same whatever the number of workers, and persistent workers se
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
 import os
+import select
+import signal
+import threading
+import time
 from typing import Iterator
 
 import torch
@@ -56,23 +62,91 @@ class ShardedSampler(Sampler):
         return len(range(self.rank, self.size, self.world_size))
 
 
+def _main_process_alive(pid: int) -> bool:
+    """False once `pid` has exited (a zombie not yet reaped counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return True  # no /proc: os.kill is all we have
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Block until process `pid` exits: a pidfd turns readable then (Linux 5.3+), else poll."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+        return
+    while _main_process_alive(pid):
+        time.sleep(0.5)
+
+
+def watch_main_process(main_pid: int) -> None:
+    """End this process as soon as the main process `main_pid` exits (a daemon thread waits for it)."""
+    if os.getpid() == main_pid:
+        return
+
+    def watch():
+        _wait_for_exit(main_pid)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pvdm-main-watch", daemon=True).start()
+
+
 def _worker_init(_worker_id: int) -> None:
     # Each worker decodes one clip at a time; letting torch spawn a thread per core in every worker
     # oversubscribes the CPU.
     torch.set_num_threads(1)
 
 
+if hasattr(multiprocessing.context, "ForkServerContext"):
+    class WorkerProcess(multiprocessing.context.ForkServerProcess):
+        """A forkserver process that ignores Ctrl-C and exits when the process that created it dies.
+
+        Under forkserver a worker's parent is the server, not the main process, so torch's watchdog
+        (it compares getppid() with the parent at start) never fires when the main process is killed;
+        and the server never exits either, since every worker holds its "alive" pipe: workers, server
+        and resource tracker lived on forever. Once the workers are gone the server and the tracker
+        see EOF and exit. Ctrl-C reaches the whole process group; only the main process should handle
+        it (it saves a checkpoint, then shuts the workers down, which needs them alive)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.main_pid = os.getpid()  # pickled with the process object into the child
+
+        def run(self):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            watch_main_process(self.main_pid)
+            super().run()
+
+    class WorkerContext(multiprocessing.context.ForkServerContext):
+        Process = WorkerProcess
+
+    _WORKER_CONTEXT = WorkerContext()
+else:  # Windows: spawned workers are children of the main process, which torch's watchdog covers
+    _WORKER_CONTEXT = None
+
+
 def worker_context():
     """forkserver where available: workers fork from a clean single-threaded server instead of this
     process, whose threads (tqdm's monitor, queue feeders, codec and OpenMP pools) may hold locks at
-    fork time and hang a child (observed here; Python 3.12+ warns about exactly this)."""
-    import multiprocessing
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    fork time and hang a child (observed here; Python 3.12+ warns about exactly this). Its workers
+    ignore SIGINT and exit when this process dies (see WorkerProcess)."""
+    if _WORKER_CONTEXT is None or "forkserver" not in multiprocessing.get_all_start_methods():
         return None
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "pvdm_fast.data"])  # each worker then starts in milliseconds
-    return context
+    _WORKER_CONTEXT.set_forkserver_preload(["torch", "pvdm_fast.data"])  # each worker then starts in milliseconds
+    return _WORKER_CONTEXT
 
 
 def make_loader(dataset, batch_size: int, *, seed: int = 0, shuffle: bool = True, epoch: int = 0,

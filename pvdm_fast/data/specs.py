@@ -9,8 +9,8 @@ from dataclasses import dataclass
 LAYOUTS: dict[str, str] = {
     "ucf101": "class folders of .avi files (PATH/<Class>/v_<Class>_gXX_cYY.avi), with optional split files "
               "ucfTrainTestlist/trainlist0N.txt and testlist0N.txt inside PATH or beside it",
-    "sky": "PATH/train and PATH/test (or PATH/val), each holding one folder per video; a video folder holds "
-           "clip folders of frames or the frames directly (*.png / *.jpg)",
+    "sky": "PATH/train (or PATH/sky_train) and PATH/test (or PATH/val, PATH/sky_test), each holding one folder "
+           "per video; a video folder holds clip folders of frames or the frames directly (*.png / *.jpg)",
     "videos": "any folder tree of video files (.avi, .mp4, .mkv, .webm, .mov)",
     "frames": "any folder tree whose leaf folders hold the frames of one video (*.png / *.jpg / *.jpeg)",
     "synthetic": "no files: `synthetic` or `synthetic:COUNT` (procedural moving shapes; COUNT videos, default 64)",

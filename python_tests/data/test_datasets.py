@@ -67,6 +67,20 @@ def test_sky_clip_folders_and_direct_frames(sky_tree):
     assert [s.path.split("test/")[1] for s in test.sources] == ["video_c/clip_1"]
 
 
+def test_sky_official_archive_folders(tmp_path):
+    root = tmp_path / "sky_timelapse"  # the official archive unpacks to sky_train/ and sky_test/
+    write_png_folder(root / "sky_train/video_a/clip_1", 8)
+    write_png_folder(root / "sky_test/video_b/clip_1", 6)
+    train = open_dataset(f"sky:{root}", resolution=8, frames=4, mode="eval")
+    assert [s.path for s in train.sources] == [str(root / "sky_train/video_a/clip_1")]
+    test = open_dataset(f"sky:{root}", split="test", resolution=8, frames=4, mode="eval")
+    assert [s.path for s in test.sources] == [str(root / "sky_test/video_b/clip_1")]
+    with pytest.raises(FileNotFoundError, match=r"split 'train' needs one of the folders train, sky_train in .*"
+                                                r"PATH/train \(or PATH/sky_train\) and PATH/test \(or PATH/val, "
+                                                r"PATH/sky_test\)"):
+        open_dataset(f"sky:{tmp_path / 'sky_timelapse/sky_test'}", resolution=8, frames=4)
+
+
 def test_sky_conditional_left_padding(sky_tree):
     ds = open_dataset(f"sky:{sky_tree}", resolution=8, frames=8, cond=True, mode="eval")
     # 12 frames: enough for T=8, not for 2T=16 -> padded; 20 frames: a full 2T clip.
@@ -89,6 +103,26 @@ def test_frames_and_videos_formats(tmp_path):
     vids = open_dataset(f"videos:{tmp_path / 'videos'}", resolution=8, frames=4, mode="eval", clips_per_video=2)
     assert len(vids) == 4
     assert [decoded_ids(vids[i])[0] for i in range(4)] == [0, 8, 0, 8]
+
+
+def test_hidden_files_and_folders_are_not_frames_or_videos(tmp_path):
+    appledouble = b"\x00\x05\x16\x07" + b"\x00" * 60  # what macOS leaves beside each file on other disks
+    write_png_folder(tmp_path / "frames/a", 6)
+    (tmp_path / "frames/a/._frame0.png").write_bytes(appledouble)  # sorts before frame0.png
+    write_png_folder(tmp_path / "frames/a/.thumbnails", 6)
+    ds = open_dataset(f"frames:{tmp_path / 'frames'}", resolution=8, frames=4, mode="eval")
+    assert [s.names for s in ds.sources] == [tuple(f"frame{i}.png" for i in range(6))]
+    assert decoded_ids(ds[0]) == [0, 1, 2, 3]
+    write_coded(tmp_path / "videos/one.avi", 8)
+    (tmp_path / "videos/._one.avi").write_bytes(appledouble)
+    write_coded(tmp_path / "videos/.Trash/two.avi", 8)
+    vids = open_dataset(f"videos:{tmp_path / 'videos'}", resolution=8, frames=4, mode="eval")
+    assert [s.path for s in vids.sources] == [str(tmp_path / "videos/one.avi")] and vids.skipped == []
+    write_png_folder(tmp_path / "sky/train/v/clip", 6)
+    (tmp_path / "sky/train/v/clip/._frame0.png").write_bytes(appledouble)
+    write_png_folder(tmp_path / "sky/train/._v", 6)
+    sky = open_dataset(f"sky:{tmp_path / 'sky'}", resolution=8, frames=4, mode="eval")
+    assert [s.path for s in sky.sources] == [str(tmp_path / "sky/train/v/clip")] and len(sky.sources[0].names) == 6
 
 
 def test_missing_path_and_empty_dataset_errors(tmp_path):

@@ -87,6 +87,60 @@ def test_resume_after_interruption(tmp_path):
                        progress=False)
 
 
+def test_resume_with_the_data_folder_spelled_differently(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        write_coded(tmp_path / f"many/{name}.avi", 8)
+
+    def windows(spec):
+        return open_dataset(spec, resolution=8, frames=4, mode="windows", clips_per_video=0, substitute=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(TinyTriplaneEncoder(fail_after=1), windows("videos:many"), "cache", autoencoder_id="ae",
+                       shard_size=2, batch_size=2, progress=False)
+    resumed = TinyTriplaneEncoder()
+    manifest = encode_dataset(resumed, windows(f"videos:{tmp_path}/./many/"), "cache", autoencoder_id="ae",
+                              shard_size=2, batch_size=2, progress=False)
+    assert resumed.calls == 1 and manifest["complete"] and manifest["count"] == 4
+    shutil.copytree(tmp_path / "many", tmp_path / "copy")  # the same bytes elsewhere are other data
+    with pytest.raises(ValueError, match="different data settings"):
+        encode_dataset(resumed, windows("videos:copy"), "cache", autoencoder_id="ae", shard_size=2, progress=False)
+
+
+def test_cache_from_before_resolved_paths_still_resumes(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        write_coded(tmp_path / f"many/{name}.avi", 8)
+
+    def windows(spec):
+        return open_dataset(spec, resolution=8, frames=4, mode="windows", clips_per_video=0, substitute=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(TinyTriplaneEncoder(fail_after=1), windows("videos:many"), "cache", autoencoder_id="ae",
+                       shard_size=2, batch_size=2, progress=False)
+    # rewrite the manifest as the first cache format wrote it: identity over the paths as spelled
+    manifest = read_manifest("cache")
+    ds = windows("videos:many")
+    spelled = [s.path for s in ds.sources]
+    items = [(spelled[v], s) for v, s in ds.plan.items]
+    data = {k: v for k, v in manifest["data"].items() if k != "paths"}
+    data.update(name="videos:many", items_sha256=hashlib.sha256(json.dumps(items).encode()).hexdigest())
+    (tmp_path / "cache/manifest.json").write_text(json.dumps({**manifest, "data": data, "videos": spelled}))
+    write_coded(tmp_path / "other/a.avi", 8)
+    with pytest.raises(ValueError, match="different data settings"):
+        encode_dataset(TinyTriplaneEncoder(), windows("videos:other"), "cache", autoencoder_id="ae", shard_size=2,
+                       progress=False)
+    resumed = TinyTriplaneEncoder()
+    manifest = encode_dataset(resumed, windows(f"videos:{tmp_path / 'many'}"), "cache", autoencoder_id="ae",
+                              shard_size=2, batch_size=2, progress=False)
+    assert resumed.calls == 1 and manifest["complete"] and manifest["count"] == 4
+    assert read_manifest("cache")["data"]["paths"] == "resolved"  # upgraded on resume
+
+
 def test_foreign_or_missing_cache_is_refused(tmp_path):
     encode_dataset(TinyTriplaneEncoder(), synthetic_windows(count=1), tmp_path / "c", autoencoder_id="a" * 64,
                    progress=False)

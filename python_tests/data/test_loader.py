@@ -1,5 +1,11 @@
 """The loader factory: DDP shards, worker processes, determinism."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -65,3 +71,89 @@ def test_loader_shards_across_two_gloo_processes(tmp_path):
     shards = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == list(range(7))
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process from /proc, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state, ppid = f.read().rpartition(")")[2].split()[:2]
+    except OSError:
+        return None
+    return state, int(ppid)
+
+
+def _running(pid: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := _proc_stat(int(name))):
+            children.setdefault(stat[1], []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+# The main process (a `python -c`, so workers need not import a script) starts 2 forkserver workers,
+# prints "ready" and hangs: in a training step (loader) or inside the encoder (encode).
+_MAIN = {
+    "loader": """
+from pvdm_fast.data.dataset import open_dataset
+from pvdm_fast.data.loader import make_loader
+ds = open_dataset("synthetic:6", resolution=8, frames=3, synthetic_frames=40)
+it = iter(make_loader(ds, 2, num_workers=2, device="cpu", infinite=True))
+next(it)
+print("ready", flush=True)
+time.sleep(300)
+""",
+    "encode": """
+import torch
+from pvdm_fast.data.dataset import open_dataset
+from pvdm_fast.data.latents import encode_dataset
+class Hang(torch.nn.Module):
+    def encode(self, video):
+        print("ready", flush=True)
+        time.sleep(300)
+ds = open_dataset("synthetic:4", resolution=8, frames=3, mode="windows", clips_per_video=0, substitute=False)
+encode_dataset(Hang(), ds, sys.argv[1], autoencoder_id="x", batch_size=1, num_workers=2, progress=False)
+""",
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("job, kill", [("loader", signal.SIGKILL), ("encode", signal.SIGTERM)])
+def test_workers_exit_with_the_main_process_and_ignore_ctrl_c(tmp_path, job, kill):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    main = subprocess.Popen([sys.executable, "-c", "import sys, time\n" + _MAIN[job], str(tmp_path / "cache")],
+                            stdout=subprocess.PIPE, env=env, text=True)
+    helpers: list[int] = []
+    try:
+        assert main.stdout.readline().strip() == "ready"
+        helpers = _descendants(main.pid)  # forkserver, resource tracker and the workers
+        workers = [p for p in helpers if _proc_stat(p)[1] != main.pid]
+        assert len(workers) == 2
+        for pid in workers:  # Ctrl-C in a terminal reaches every process of the group
+            os.kill(pid, signal.SIGINT)
+        time.sleep(1)
+        assert all(_running(p) for p in workers), "a worker died of SIGINT"
+        main.send_signal(kill)
+        main.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_running(p) for p in helpers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in helpers if _running(p)]
+        assert not left, f"processes {left} outlived the main process"
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+        for pid in helpers:  # a failed run must not leave its orphans behind
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
