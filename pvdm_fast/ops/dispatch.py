@@ -258,6 +258,10 @@ def sdpa_wins(gpu_prefs: dict, op: str, case: str, dtype: torch.dtype, grad: boo
 
 def select(spec: OpSpec, x: torch.Tensor) -> str:
     """The backend that runs `spec` on `x` (see module docstring)."""
+    if x.numel() == 0:  # every backend would fail differently (a reshape error, a division by zero)
+        raise ValueError(f"{spec.name}: empty input of shape {tuple(x.shape)}; every dimension must be positive")
+    if not x.is_floating_point():  # the reference would compute in integers and return garbage
+        raise ValueError(f"{spec.name}: input must be a floating-point tensor, got {x.dtype}")
     forced = forced_backend(spec.name)
     if forced is not None:
         why = spec.reason(forced, x)

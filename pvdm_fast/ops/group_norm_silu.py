@@ -232,6 +232,8 @@ def group_norm_silu(x: Tensor, weight: Tensor, bias: Tensor, *, scale: Optional[
     if x.dim() < 3:
         raise ValueError(f"group_norm_silu: x must be (B, C, L) or (B, C, *spatial), got shape {tuple(x.shape)}")
     shape = x.shape
+    if x.numel() == 0:
+        raise ValueError(f"group_norm_silu: empty input of shape {tuple(shape)}; every dimension must be positive")
     x3 = x.reshape(shape[0], shape[1], -1)
     segs = [int(s) for s in segments] if segments is not None else [x3.shape[2]]
     _check(x3, weight, bias, scale, shift, segs, num_groups)

@@ -14,6 +14,7 @@ dtype; every sum and statistic is float32 (float64 on the float64 reference).
 
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -216,7 +217,12 @@ def triplane_sum(p_xy: Tensor, p_yt: Tensor, p_xt: Tensor, *, norm_weight: Optio
 def _split(latent: Tensor, grid: Sequence[int]) -> list[Tensor]:
     """Flat (B, E, h*w + T*w + T*h) -> xy (B,E,h,w), yt (B,E,T,w), xt (B,E,T,h). Local, because ops sit
     below models (pvdm_fast.models.triplane holds the same layout for model code)."""
-    t, h, w = (int(s) for s in grid)
+    try:
+        t, h, w = (operator.index(s) for s in grid)  # ints, numpy ints; not 3.5 (int() would truncate)
+    except (TypeError, ValueError):
+        t = h = w = 0
+    if len(grid) != 3 or min(t, h, w) < 1 or any(isinstance(s, bool) for s in grid):
+        raise ValueError(f"triplane_decode: grid must be three positive integers (T, h, w), got {tuple(grid)}")
     shapes = ((h, w), (t, w), (t, h))
     if latent.shape[-1] != h * w + t * w + t * h:
         raise ValueError(f"triplane_decode: latent length {latent.shape[-1]} does not match grid (T={t}, h={h}, "
@@ -238,6 +244,11 @@ def project_planes(latent: Tensor, grid: Sequence[int], weights: Sequence[Tensor
         if w2.shape[1] != latent.shape[1] or tuple(bias.shape) != (wt.shape[0],):
             raise ValueError(f"triplane_decode: post_{name} weight {tuple(wt.shape)} / bias {tuple(bias.shape)} "
                              f"do not map {latent.shape[1]} latent channels to C channels")
+        for what, p in (("weight", wt), ("bias", bias)):
+            if p.device != latent.device or (p.dtype != latent.dtype and not torch.is_autocast_enabled(
+                    latent.device.type)):
+                raise ValueError(f"triplane_decode: post_{name} {what} is {p.dtype} on {p.device} but the latent "
+                                 f"is {latent.dtype} on {latent.device}; pass them in one dtype on one device")
         out.append(F.linear(plane.permute(0, 2, 3, 1), w2, bias).contiguous())
     return out[0], out[1], out[2]
 

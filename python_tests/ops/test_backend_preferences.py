@@ -173,3 +173,33 @@ def test_fused_never_reroutes_cpu_or_forced_calls(prefs_file):
     if dispatch.backend_unavailable_reason("triton", "cpu") is None:  # the interpreter
         with dispatch.use_backend("triton"):
             assert dispatch.fused("axial_attention", x, case="time-L4")
+
+
+def _op_calls(dtype, empty):
+    """One call per registered op, on its smallest valid input (or an empty one), in `dtype`."""
+    from pvdm_fast import ops
+
+    b = 0 if empty else 1
+    f = lambda *shape: torch.randn(*shape).to(dtype)  # noqa: E731
+    return {
+        "group_norm_silu": lambda: ops.group_norm_silu(f(b, 4, 6), torch.ones(4), torch.zeros(4), num_groups=2),
+        "triplane_sum": lambda: ops.triplane_sum(f(b, 2, 3, 4), f(b, 5, 3, 4), f(b, 5, 2, 4)),
+        "axis_gather": lambda: ops.axis_gather(f(b, 2 * 3 * 4, 8), (2, 3, 4), "xy", torch.randn(8),
+                                               torch.randn(3 * 8)),
+    }
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+@pytest.mark.parametrize("kind", ["integer", "empty"])
+def test_integer_and_empty_inputs_are_value_errors_on_every_backend(backend, kind):
+    # auto on a CPU ran the reference in integer arithmetic (an int64 all-zero "GroupNorm"); empty
+    # inputs gave a reshape error on the reference and a ZeroDivisionError in the Triton launchers.
+    from pvdm_fast import ops
+
+    if backend == "triton":
+        pytest.importorskip("triton")
+    calls = _op_calls(torch.int64 if kind == "integer" else torch.float32, empty=kind == "empty")
+    with ops.use_backend(backend):
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match="floating-point" if kind == "integer" else "empty input"):
+                call()
