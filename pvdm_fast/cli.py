@@ -22,10 +22,15 @@ def _add_info(sub) -> None:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from pvdm_fast.data.check import check_dataset, format_report
+    from pvdm_fast.data.check import NoUsableClips, check_dataset, format_report
 
-    report = check_dataset(args.spec, resolution=args.resolution, frames=args.frames, stride=args.stride,
-                           split=args.split, fold=args.fold, decode=args.decode)
+    try:
+        report = check_dataset(args.spec, resolution=args.resolution, frames=args.frames, stride=args.stride,
+                               split=args.split, fold=args.fold, decode=args.decode)
+    except NoUsableClips as exc:  # the report (what was skipped and why) on stdout, then the failure
+        print(json.dumps(exc.report) if args.json else format_report(exc.report))
+        print(f"pvdm data check: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
@@ -58,10 +63,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         config = json.loads(f.metadata()["config"])
     # Trainers store the whole run config (sections); converted files store the autoencoder's fields.
     ae_config = dict(config["autoencoder"]) if isinstance(config.get("autoencoder"), dict) else config
-    stride = args.stride or int((config.get("data") or {}).get("frame_stride", 1))
+    # The data settings the autoencoder was trained on (trainers store them; converted files do not).
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    stride = args.stride if args.stride is not None else int(data.get("frame_stride", 1))
     manifest = encode_to_cache(
         model, args.data, args.out, autoencoder_id=file_sha256(args.autoencoder), autoencoder_config=ae_config,
-        resolution=ae_config["resolution"], frames=ae_config["frames"], stride=stride,
+        resolution=data.get("resolution", ae_config["resolution"]), frames=ae_config["frames"], stride=stride,
         offsets=tuple(args.offsets), clips_per_video=args.clips_per_video, split=args.split, fold=args.fold,
         batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
         store_dtype=getattr(torch, args.store_dtype), num_workers=args.workers)

@@ -29,10 +29,10 @@ def test_overrides_and_defaults_for_missing_keys(tmp_path):
     cfg = load_config("demo", ["diffusion.cond_prob=0.5", "autoencoder.checkpoint=true"])
     assert cfg.diffusion.cond_prob == 0.5 and cfg.autoencoder.checkpoint is True
     path = tmp_path / "mine.yaml"
-    path.write_text("autoencoder:\n  resolution: 64\n  frames: 8\nsample:\n  steps: 10\n")
+    path.write_text("autoencoder:\n  resolution: 64\n  frames: 8\ntrain_autoencoder:\n  lr: 0.5\n")
     cfg = load_config(path)
     assert cfg.autoencoder.channels == 384          # default filled in
-    assert cfg.sample.steps == 10                   # unknown sections are kept for later stages
+    assert cfg.train_autoencoder.lr == 0.5          # the training stages' sections (checked by pvdm_fast.train)
 
 
 def test_a_typo_is_an_error_not_a_silent_default(tmp_path):
@@ -40,6 +40,15 @@ def test_a_typo_is_an_error_not_a_silent_default(tmp_path):
         load_config("demo", ["autoencoder.chanels=8"])
     with pytest.raises(ValueError, match="section.key=value"):
         load_config("demo", ["autoencoder.channels"])
+
+
+def test_an_unknown_section_is_an_error_naming_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config section\(s\) \['trian_autoencoder'\].*'train_autoencoder'"):
+        load_config("demo", ["trian_autoencoder.lr=1"])
+    path = tmp_path / "mine.yaml"
+    path.write_text("autoencoder:\n  resolution: 64\n  frames: 8\nsampel:\n  steps: 10\n")
+    with pytest.raises(ValueError, match=r"\['sampel'\].*known sections: \['autoencoder', 'unet'"):
+        load_config(path)
 
 
 def test_inconsistent_grids_are_rejected():

@@ -1,9 +1,10 @@
 """Config presets and loading: YAML files validated against the dataclasses that own each section.
 
 A config is an OmegaConf tree with one section per component: `autoencoder` (AutoencoderConfig),
-`unet` (UNetConfig), `diffusion` (DiffusionConfig), `data` (DataConfig). Later stages add their own
-sections (training, sampling); unknown *sections* are kept, unknown *keys* in a known section are an
-error, so a typo never silently falls back to a default.
+`unet` (UNetConfig), `diffusion` (DiffusionConfig), `data` (DataConfig). The training stages own
+`train_autoencoder` and `train_diffusion` (checked by pvdm_fast.train.config, which this module does
+not import); a later stage adds its section's name to STAGE_SECTIONS. An unknown section or an
+unknown key in a known section is an error, so a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "diffusion": ("pvdm_fast.diffusion.schedule", "DiffusionConfig"),
     "data": ("pvdm_fast.configs", "DataConfig"),
 }
+
+# sections whose keys and values the stage that owns them checks (pvdm_fast.train.config.SECTIONS)
+STAGE_SECTIONS = ("train_autoencoder", "train_diffusion")
 
 
 def list_presets() -> list[str]:
@@ -90,6 +94,11 @@ def load_config(name_or_path: str | pathlib.Path, overrides: Iterable[str] = ())
         raise ValueError(f"cannot read config {name_or_path}: {exc}") from exc
     if not OmegaConf.is_dict(cfg):
         raise ValueError(f"config {name_or_path} must be a mapping of sections")
+    known = [*SECTIONS, *STAGE_SECTIONS]
+    unknown = sorted(str(k) for k in cfg.keys() if k not in known)
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown} in {name_or_path} (or its overrides); "
+                         f"known sections: {known}")
     for name in SECTIONS:
         _check_section(cfg, name)
         if name in cfg:

@@ -171,14 +171,23 @@ class AutoencoderTrainer(Trainer):
             self._preview = batches[0]["video"][:4].detach().clone()
         return metrics
 
-    def weights(self) -> dict[str, Weights]:
+    def _file_config(self) -> dict:
+        """The config an autoencoder file carries: the model, and the data settings it was trained on
+        (so `pvdm encode` / `pvdm eval recon` cut clips with the same frame stride by default)."""
         from dataclasses import asdict
 
-        out = {"autoencoder": Weights(self.model.state_dict(), "autoencoder", asdict(self.ae_config)),
+        from omegaconf import OmegaConf
+
+        d = OmegaConf.to_container(self.cfg.data, resolve=True)
+        return {"autoencoder": asdict(self.ae_config),
+                "data": {k: d[k] for k in ("resolution", "frames", "frame_stride") if k in d}}
+
+    def weights(self) -> dict[str, Weights]:
+        out = {"autoencoder": Weights(self.model.state_dict(), "autoencoder", self._file_config()),
                "discriminators": Weights(self.disc.state_dict(), "discriminators",
                                          {"channels": self.tc.disc_channels, "layers": self.tc.disc_layers})}
         if self.ema is not None:
-            out["autoencoder_ema"] = Weights(self.ema.state_dict(), "autoencoder", asdict(self.ae_config))
+            out["autoencoder_ema"] = Weights(self.ema.state_dict(), "autoencoder", self._file_config())
         return out
 
     def load_weights(self, checkpoint) -> None:
@@ -202,11 +211,9 @@ class AutoencoderTrainer(Trainer):
         self.logger.add_video("reconstructions", torch.cat([self._preview, recon.float()], dim=-1), self.step)
 
     def export(self) -> list[pathlib.Path]:
-        from dataclasses import asdict
-
         from pvdm_fast.models.io import save_weights
 
         path = self.run_dir / "autoencoder.safetensors"
         state = self.ema.state_dict() if self.ema is not None else self.model.state_dict()
-        save_weights(path, state, "autoencoder", asdict(self.ae_config))
+        save_weights(path, state, "autoencoder", self._file_config())
         return [path]

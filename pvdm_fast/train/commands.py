@@ -104,6 +104,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _report(summary: dict) -> int:
+    skipped = summary.get("skipped_steps", 0)
+    if skipped:
+        print(f"warning: {skipped} of {summary['step']} optimizer steps were skipped because of a non-finite loss "
+              "(skip_nonfinite=true); check the run's metrics.jsonl before using its weights", file=sys.stderr)
     if summary["interrupted"]:
         print(f"stopped by {summary['interrupted']} at step {summary['step']}; checkpoint {summary['checkpoint']} "
               f"(continue with --resume)")

@@ -98,6 +98,14 @@ def section(cfg, name: str):
     return out
 
 
+def check_sections(cfg) -> None:
+    """Both stages' train sections, where the config has them: a bad value for the other stage (e.g.
+    `train_diffusion.lr=abc` in an autoencoder run) is refused too, not carried along unseen."""
+    for name in SECTIONS:
+        if cfg is not None and cfg.get(name) is not None:
+            section(cfg, name)
+
+
 def validate(c, name: str) -> None:
     def need(ok: bool, what: str) -> None:
         if not ok:

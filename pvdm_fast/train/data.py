@@ -7,6 +7,7 @@ straight to the next unseen batch (computed, not replayed: no clip is decoded tw
 from __future__ import annotations
 
 import os
+import signal
 from typing import Iterator
 
 import torch
@@ -31,9 +32,16 @@ class ResumableSampler(ShardedSampler):
             epoch, offset = epoch + 1, 0
 
 
-def _one_thread(_worker_id: int) -> None:
+def _worker_init(_worker_id: int) -> None:
     # Each worker decodes one clip at a time; a thread pool per worker would oversubscribe the cores.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group, and a SIGTERM may too (`kill -- -PGID`, job schedulers):
+    # the training process turns both into "save a checkpoint, then exit", and reads the batches it
+    # still needs from these workers. data.loader's worker context ignores SIGINT already (from an
+    # earlier point); SIGTERM is ignored here. Workers end when the loader shuts them down, or with
+    # the main process (data.loader.watch_main_process).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def batch_stream(dataset, local_batch: int, *, rank: int, world_size: int, seed: int, skip: int,
@@ -44,7 +52,7 @@ def batch_stream(dataset, local_batch: int, *, rank: int, world_size: int, seed:
     from pvdm_fast.data.loader import worker_context
 
     # workers start from a clean forkserver: forking this (threaded) process can hang a worker
-    extra = {"persistent_workers": True, "prefetch_factor": 2, "worker_init_fn": _one_thread,
+    extra = {"persistent_workers": True, "prefetch_factor": 2, "worker_init_fn": _worker_init,
              "multiprocessing_context": worker_context()} if num_workers else {}
     loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=num_workers,
                         pin_memory=device.type == "cuda", drop_last=True, **extra)

@@ -101,12 +101,28 @@ class DiffusionTrainer(Trainer):
             if tuple(data.latent_shape) != expected:
                 raise ValueError(f"latents in {self.latents_dir} have shape {data.latent_shape}, the unet expects "
                                  f"{expected}")
+            self._check_cache_data(data.manifest.get("data") or {})
             return data
         from pvdm_fast.data.dataset import open_dataset
 
         d = self.cfg.data
         return open_dataset(self.data_spec, resolution=d.resolution, frames=d.frames, stride=d.frame_stride,
                             cond=True, mode="train", seed=self.tc.data_seed)
+
+    def _check_cache_data(self, cached: dict) -> None:
+        """The clips a latent cache was cut with (stride, resolution, frames) must be the run's data.*:
+        the same latent grid with another stride trains a model of a different frame rate."""
+        d = self.cfg.data
+        for cache_key, key in (("stride", "frame_stride"), ("resolution", "resolution"), ("frames", "frames")):
+            if cache_key not in cached:
+                continue
+            have, want = cached[cache_key], d.get(key)
+            if isinstance(have, (list, tuple)) and len(set(have)) == 1:  # (size, size): a square clip
+                have = have[0]
+            if want is not None and have != want:
+                raise ValueError(f"latent cache {self.latents_dir} was encoded with {cache_key} {have}, but this "
+                                 f"run's data.{key} is {want}; encode the clips again with `pvdm encode` for this "
+                                 f"config, or train with data.{key}={have}")
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,11 @@ METRICS_FILE = "metrics.jsonl"
 
 class RunLogger:
     def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, total_clips: int = 0,
-                 initial_clips: int = 0, desc: str = "train", tensorboard: bool = True, progress: bool = True):
+                 initial_clips: int = 0, desc: str = "train", tensorboard: bool = True, progress: bool = True,
+                 resume_step: int | None = None):
+        """resume_step: the checkpoint step a resumed run continues from (records after it, from the
+        interrupted run, are dropped); None: a fresh run, which starts a new metrics file (an old one
+        there is from a run that never wrote a checkpoint, so nothing can continue it)."""
         self.enabled = enabled
         self.dir = pathlib.Path(run_dir)
         self._tb = None
@@ -28,12 +32,17 @@ class RunLogger:
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.dir / METRICS_FILE, "a")
+        if resume_step is None:
+            self._file = open(self.dir / METRICS_FILE, "w")
+        else:
+            keep_records_up_to(self.dir / METRICS_FILE, resume_step)
+            self._file = open(self.dir / METRICS_FILE, "a")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+                # purge_step hides the events an interrupted (or failed) run logged past this point
+                self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=initial_clips + 1)
             except ImportError as exc:
                 warnings.warn(f"TensorBoard logging is off ({exc}); metrics still go to {METRICS_FILE}",
                               RuntimeWarning, stacklevel=2)
@@ -86,6 +95,25 @@ class RunLogger:
         if self._file is not None:
             self._file.close()
         self._bar = self._tb = self._file = None
+
+
+def keep_records_up_to(path: pathlib.Path, step: int) -> None:
+    """Drop the records after `step` (and a line cut short by a crash), rewriting atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    if kept != lines:
+        from pvdm_fast._atomic import atomic_write
+
+        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept)))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

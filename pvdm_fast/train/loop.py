@@ -25,12 +25,14 @@ from torch import nn
 from pvdm_fast.train import checkpoint as ckpt
 from pvdm_fast.train import distributed as D
 from pvdm_fast.train import rng
-from pvdm_fast.train.config import section
+from pvdm_fast.train.config import check_sections, section
 from pvdm_fast.train.data import batch_stream
 from pvdm_fast.train.ema import EMA
 from pvdm_fast.train.logging import RunLogger
 from pvdm_fast.train.signals import StopRequest
 
+# Optimizer settings taken from the config, not the checkpoint, when a run resumes (lr aside).
+HYPERPARAMETERS = ("betas", "weight_decay", "eps")
 RUN_INFO = "run.json"
 CONFIG_FILE = "config.yaml"
 
@@ -90,12 +92,13 @@ def flush_denormals():
 
 def lr_factor(update: int, *, warmup_steps: int, total_steps: int, decay: str, min_ratio: float) -> float:
     """lr multiplier of optimizer update `update` (0-based): (update + 1) / warmup_steps during the
-    warm-up, then 1 ("none") or a linear / half-cosine fall to min_ratio at update total_steps."""
+    warm-up, then 1 ("none") or a linear / half-cosine fall from 1 at the first update after the
+    warm-up to min_ratio at the last update, total_steps - 1 (a decay of one update stays at 1)."""
     if update < warmup_steps:
         return (update + 1) / warmup_steps
     if decay == "none":
         return 1.0
-    progress = min(1.0, (update - warmup_steps) / max(1, total_steps - warmup_steps))
+    progress = min(1.0, (update - warmup_steps) / max(1, total_steps - 1 - warmup_steps))
     shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_ratio + (1.0 - min_ratio) * shape
 
@@ -122,6 +125,7 @@ class Trainer:
     def __init__(self, cfg, run_dir: str | os.PathLike, *, ctx: D.DistContext | None = None,
                  resume: bool = False, run_info: dict | None = None, progress: bool = True):
         self.cfg = cfg
+        check_sections(cfg)
         self.tc = section(cfg, self.section_name)
         self.run_dir = pathlib.Path(run_dir)
         self.ctx = ctx or D.setup(self.tc.device)
@@ -238,13 +242,16 @@ class Trainer:
         loss = metrics[f"{part.name}/loss"]
         if not D.all_true(self.ctx, math.isfinite(loss)):
             part.optimizer.zero_grad(set_to_none=True)
-            where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                     else "no checkpoint was written yet")
+            if self.last_checkpoint:
+                where = f"the last good checkpoint is {self.last_checkpoint}"
+                how = f"Resume with --resume {self.run_dir} and a lower lr"
+            else:  # nothing to resume from: --resume would fail with "holds no checkpoint yet"
+                where = "no checkpoint was written yet"
+                how = f"Start the run again (the same --out {self.run_dir}) with a lower lr"
             if not self.tc.skip_nonfinite:
                 raise NonFiniteLossError(
                     f"{part.name} loss is {loss} at step {self.step}; training stopped and {where}. "
-                    f"Resume with --resume {self.run_dir} and a lower lr (or a smaller max_grad_norm), "
-                    f"or set skip_nonfinite=true to skip such steps")
+                    f"{how} (or a smaller max_grad_norm), or set skip_nonfinite=true to skip such steps")
             self.skipped_steps += 1
             metrics[f"{part.name}/skipped"] = 1.0
             return False
@@ -316,11 +323,14 @@ class Trainer:
         self.load_weights(checkpoint)
         state = checkpoint.state()
         for k, p in self.parts.items():
+            configured = [{h: g[h] for h in HYPERPARAMETERS if h in g} | {"lr": g.get("initial_lr", g["lr"])}
+                          for g in p.optimizer.param_groups]
             p.optimizer.load_state_dict(state["optimizers"][k])
             if p.scheduler is not None:
                 p.scheduler.load_state_dict(state["schedulers"][k])
             if p.scaler is not None and k in state["scalers"]:
                 p.scaler.load_state_dict(state["scalers"][k])
+            self._apply_hyperparameters(p, configured)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if state["world_size"] == self.ctx.world_size:
@@ -329,6 +339,28 @@ class Trainer:
             print(f"resuming a {state['world_size']}-process run on {self.ctx.world_size} processes: "
                   "the data order and global RNG streams differ from an uninterrupted run")
         self.last_checkpoint = checkpoint.dir
+
+    def _apply_hyperparameters(self, part: Part, configured: list[dict]) -> None:
+        """The run's config wins over the checkpoint's optimizer state: a resume with `lr=`, `disc_lr=`,
+        `betas=` or `weight_decay=` uses the new values (the schedule's position is kept). Groups
+        whose values did not change are left untouched, so a plain resume stays bit-exact."""
+        for i, (group, want) in enumerate(zip(part.optimizer.param_groups, configured)):
+            for h, value in want.items():
+                if h != "lr" and group.get(h) != value:
+                    group[h] = value
+            base = group.get("initial_lr", group["lr"])
+            if want["lr"] == base:
+                continue
+            if self.ctx.is_main:
+                print(f"{part.name}: lr {base:g} in the checkpoint, {want['lr']:g} from the config: using "
+                      f"{want['lr']:g}")
+            if part.scheduler is None:
+                group["lr"] = want["lr"]
+                continue
+            group["initial_lr"] = part.scheduler.base_lrs[i] = want["lr"]
+            factor = part.scheduler.lr_lambdas[i](part.scheduler.last_epoch)
+            group["lr"] = want["lr"] * factor
+            part.scheduler._last_lr = [g["lr"] for g in part.optimizer.param_groups]
 
     def _load_state(self, module: nn.Module, state_dict: dict, what: str) -> None:
         try:
@@ -360,27 +392,32 @@ class Trainer:
         self.build()
         if self.resume:
             self.restore()
-        self._write_run_files()
         data = self.dataset()
-        stream = batch_stream(data, self.local_batch, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                              seed=self.tc.data_seed, skip=self.step * self.tc.grad_accum * self.local_batch,
-                              num_workers=self.tc.num_workers, device=self.ctx.device)
+        # Only now, with the model, checkpoint and data accepted: a failed (re)start leaves the run's
+        # saved arguments and metrics as they were.
+        self._write_run_files()
         self.logger = RunLogger(self.run_dir, enabled=self.ctx.is_main, total_clips=self.total_steps * self.clips_per_step,
                                 initial_clips=self.step * self.clips_per_step, desc=self.description,
-                                tensorboard=self.tc.tensorboard, progress=self.progress)
+                                tensorboard=self.tc.tensorboard, progress=self.progress,
+                                resume_step=self.step if self.resume else None)
         interrupted = None
         try:
             with StopRequest() as stop:
+                stream = batch_stream(data, self.local_batch, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                                      seed=self.tc.data_seed, skip=self.step * self.tc.grad_accum * self.local_batch,
+                                      num_workers=self.tc.num_workers, device=self.ctx.device)
                 while self.step < self.total_steps:
-                    batches = [self._to_device(next(stream)) for _ in range(self.tc.grad_accum)]
+                    # The stop check sits between fetching a step's data and training on it: a loader
+                    # that fails because of the signal (a worker it reached) still ends in a save.
+                    batches = self._next_batches(stream, stop)
+                    if not D.all_true(self.ctx, stop.requested is None):
+                        interrupted = stop.requested or "a signal on another rank"
+                        break
                     metrics = self.train_step(batches)
                     self.step += 1
                     if self.ema is not None:
                         self.ema.maybe_update(self.ema_module(), self.step)
                     self._after_step(metrics)
-                    if not D.all_true(self.ctx, stop.requested is None):
-                        interrupted = stop.requested or "a signal on another rank"
-                        break
             if interrupted:
                 self.logger.write(f"{interrupted}: saving a checkpoint at step {self.step} before exiting")
             if self.last_checkpoint is None or self.last_checkpoint.name != f"step-{self.step:08d}":
@@ -391,6 +428,15 @@ class Trainer:
         return {"step": self.step, "clips_seen": self.step * self.clips_per_step, "interrupted": interrupted,
                 "checkpoint": str(self.last_checkpoint), "exported": [str(p) for p in exported],
                 "skipped_steps": self.skipped_steps}
+
+    def _next_batches(self, stream, stop: StopRequest) -> list[dict] | None:
+        """The next step's micro-batches; None when the loader failed after a stop was requested."""
+        try:
+            return [self._to_device(next(stream)) for _ in range(self.tc.grad_accum)]
+        except Exception:
+            if stop.requested is None:
+                raise
+            return None
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -57,11 +57,15 @@ def test_data_check_without_usable_clips_reports_then_fails(tmp_path, capsys):
     write_coded(tmp_path / "v/short.avi", 5)
     (tmp_path / "v/junk.avi").write_bytes(b"not a video" * 10)
     assert main(["data", "check", f"videos:{tmp_path / 'v'}", "--frames", "4", "--stride", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "no usable clips" in err and "pvdm data check" not in err  # no advice to run itself
-    assert "videos      2 found, 0 usable" in err and "skipped     2" in err
-    assert "short.avi: too short: 5 frames, a clip of 4 frames with stride 2 needs 7" in err
-    assert "junk.avi: unreadable" in err
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    assert "no usable clips" in err and "run `pvdm data check" not in err  # no advice to run itself
+    assert "videos      2 found, 0 usable" in out and "skipped     2" in out  # the report, on stdout
+    assert "short.avi: too short: 5 frames, a clip of 4 frames with stride 2 needs 7" in out
+    assert "junk.avi: unreadable" in out
+    assert main(["data", "check", f"videos:{tmp_path / 'v'}", "--frames", "4", "--stride", "2", "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)  # --json still prints one JSON object
+    assert report["videos"] == 2 and report["usable_videos"] == 0 and len(report["skipped"]) == 2
     # training and encoding point at the check with the same clip settings
     with pytest.raises(ValueError, match=f"run `pvdm data check videos:{tmp_path / 'v'} --frames 4 --stride 2`"):
         open_dataset(f"videos:{tmp_path / 'v'}", resolution=8, frames=4, stride=2)

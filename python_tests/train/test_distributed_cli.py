@@ -85,6 +85,54 @@ def test_sigterm_saves_a_checkpoint_then_resume_continues(tmp_path, tiny_config)
     assert summary["step"] == step + 1 and summary["interrupted"] is None
 
 
+# Trains, and sends a signal to its whole process group (a terminal's Ctrl-C, or a SIGTERM to the
+# group as schedulers and `kill -- -PGID` send it, so the DataLoader workers get it too) while the loop
+# waits for the data of steps 2, 4, 6 and 8: the wait (as for a slow video decode) gives a worker that
+# dies of the signal the time to do so before its batches are read. Resumes in between.
+_STOP_FOUR_TIMES = """
+import json, os, pathlib, signal, sys, time
+from pvdm_fast.train import loop
+from pvdm_fast.train.commands import train
+
+fetch = loop.Trainer._next_batches
+
+def stalled_fetch(self, stream, stop):
+    if self.step == target and stop.requested is None:
+        os.killpg(0, sig)
+        time.sleep(0.5)
+    return fetch(self, stream, stop)
+
+loop.Trainer._next_batches = stalled_fetch
+cfg, run = sys.argv[1], pathlib.Path(sys.argv[2])
+for attempt, sig in enumerate((signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM)):
+    target = 2 * (attempt + 1)
+    where = dict(config=cfg, data="synthetic:6", out=str(run)) if attempt == 0 else dict(resume=str(run))
+    print(json.dumps(train("autoencoder", progress=False, **where)), flush=True)
+"""
+
+
+def test_a_signal_to_the_process_group_with_data_workers_saves_then_resumes(tmp_path, tiny_config):
+    # num_workers=2: the workers must neither die of the signal nor take the checkpoint with them.
+    cfg = tiny_config(train_autoencoder={"total_clips": 10**6, "gan_start_step": -1, "num_workers": 2})
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_FOUR_TIMES, str(cfg), str(run)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    summaries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [s["interrupted"] for s in summaries] == ["SIGINT", "SIGTERM"] * 2
+    assert [s["step"] for s in summaries] == [2, 4, 6, 8] and load_checkpoint(run).step == 8
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 9))  # each step once, the last one in the checkpoint
+    summary = train("autoencoder", resume=str(run), progress=False, overrides=["total_clips=36", "num_workers=0"])
+    assert summary["step"] == 9 and summary["interrupted"] is None
+
+
 def _run_cli(args, capsys):
     code = main(args)
     return code, capsys.readouterr().err

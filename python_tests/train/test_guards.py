@@ -67,13 +67,50 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_config, t
     run = tmp_path / "run"
     trainer = _dm(tiny_config, run, tiny_autoencoder, checkpoint_every=2)
     _poison_at(trainer, 2)  # the third step (0-based index 2) sees a NaN loss
-    with pytest.raises(NonFiniteLossError, match=r"unet loss is nan at step 2.*step-00000002"):
+    with pytest.raises(NonFiniteLossError, match=r"unet loss is nan at step 2.*step-00000002.*Resume with --resume"):
         trainer.run()
     ckpt = load_checkpoint(run)
     assert ckpt.step == 2
     saved = ckpt.weights("unet")[0]
     assert all(torch.isfinite(v).all() for v in saved.values())
     assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())  # no update after it
+
+
+def test_nonfinite_loss_before_any_checkpoint_says_to_start_again(tmp_path, tiny_config, tiny_autoencoder):
+    run = tmp_path / "run"
+    trainer = _dm(tiny_config, run, tiny_autoencoder)
+    _poison_at(trainer, 1)
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.run()
+    message = str(info.value)
+    # --resume would only fail with "holds no checkpoint yet"
+    assert "no checkpoint was written yet" in message and "--resume" not in message
+    assert f"Start the run again (the same --out {run})" in message
+
+
+def test_the_other_stages_section_is_checked_too(tmp_path, tiny_config, tiny_autoencoder, capsys):
+    from pvdm_fast.cli import main
+
+    # an autoencoder run refuses a bad train_diffusion value, and the other way round
+    with pytest.raises(ValueError, match=r"bad value in section train_diffusion"):
+        AutoencoderTrainer(_cfg(tiny_config(train_diffusion={"lr": "abc"})), tmp_path / "a", data="synthetic:6",
+                           ctx=CPU)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) lrr in section train_autoencoder"):
+        DiffusionTrainer(_cfg(tiny_config(train_autoencoder={"lrr": 1})), tmp_path / "d",
+                         autoencoder=tiny_autoencoder, data="synthetic:6", ctx=CPU)
+    code = main(["train-autoencoder", "--config", str(tiny_config()), "--data", "synthetic:6", "--out",
+                 str(tmp_path / "cli"), "--no-progress", "train_diffusion.lr=abc"])
+    assert code == 2 and "train_diffusion" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
+
+
+def test_skipped_steps_are_reported_at_the_end(capsys):
+    from pvdm_fast.train.commands import _report
+
+    assert _report({"interrupted": None, "exported": [], "step": 10, "skipped_steps": 9}) == 0
+    assert "warning: 9 of 10 optimizer steps were skipped" in capsys.readouterr().err
+    assert _report({"interrupted": None, "exported": [], "step": 10, "skipped_steps": 0}) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_nonfinite_loss_skipped_when_asked(tmp_path, tiny_config, tiny_autoencoder):

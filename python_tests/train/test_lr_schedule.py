@@ -20,13 +20,26 @@ def test_warmup_then_constant_matches_the_diffusion_warmup():
 
 @pytest.mark.parametrize("decay", ["linear", "cosine"])
 def test_decay_starts_at_one_after_warmup_and_falls_to_min_ratio(decay):
-    f = factors(102, warmup_steps=2, decay=decay, min_ratio=0.1)
+    f = factors(103, warmup_steps=2, decay=decay, min_ratio=0.1)
     assert f[:3] == [0.5, 1.0, 1.0]
     assert all(a > b for a, b in zip(f[2:], f[3:]))  # strictly falling after the warm-up
-    assert f[-1] == pytest.approx(0.1 + 0.9 * (0.01 if decay == "linear" else 0.5 * (1 + math.cos(math.pi * 0.99))))
-    assert lr_factor(102, warmup_steps=2, total_steps=102, decay=decay, min_ratio=0.1) == pytest.approx(0.1)
-    middle = f[52]  # half-way through the decay: both shapes are at the midpoint
+    assert f[-1] == pytest.approx(0.1, abs=1e-12)  # the last update (102) uses min_ratio, as the config says
+    assert f[-2] == pytest.approx(0.1 + 0.9 * (0.01 if decay == "linear" else 0.5 * (1 + math.cos(math.pi * 0.99))))
+    middle = f[52]  # half-way through the decay (updates 2..102): both shapes are at the midpoint
     assert middle == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_first_and_last_update_factors_of_a_short_run(decay):
+    # 10 updates, 2 of warm-up: the decay runs over updates 2..9 and ends exactly at min_ratio.
+    f = factors(10, warmup_steps=2, decay=decay, min_ratio=0.1)
+    assert f[0] == 0.5 and f[1] == 1.0 and f[2] == 1.0
+    assert f[9] == pytest.approx(0.1, abs=1e-12)
+    # no warm-up: the first update uses lr itself
+    g = factors(10, warmup_steps=0, decay=decay, min_ratio=0.25)
+    assert g[0] == 1.0 and g[9] == pytest.approx(0.25, abs=1e-12)
+    # a decay of a single update has nothing to fall over: it keeps lr
+    assert factors(3, warmup_steps=2, decay=decay, min_ratio=0.1) == [0.5, 1.0, 1.0]
 
 
 def test_bad_schedule_values_are_rejected():
@@ -49,7 +62,7 @@ def test_autoencoder_run_applies_warmup_and_cosine(tiny_config, tmp_path):
     used = [h["ae/lr"] for h in trainer.history]
     expected = [1e-3 * lr_factor(s, warmup_steps=2, total_steps=6, decay="cosine", min_ratio=0.0) for s in range(6)]
     assert used == pytest.approx(expected)
-    assert used[0] < used[1] and used[1] > used[-1] > 0
+    assert used[0] < used[1] and used[1] > used[-2] > 0 and used[-1] == pytest.approx(0.0)  # min_lr_ratio=0
 
 
 def test_diffusion_decay_keeps_the_warmup(tiny_config, tiny_autoencoder, tmp_path):
@@ -60,7 +73,8 @@ def test_diffusion_decay_keeps_the_warmup(tiny_config, tiny_autoencoder, tmp_pat
                                                        "min_lr_ratio": 0.5})))
     trainer = DiffusionTrainer(cfg, tmp_path / "run", autoencoder=tiny_autoencoder, data="synthetic:4", progress=False)
     trainer.run()
-    assert [h["unet/lr"] for h in trainer.history] == pytest.approx([5e-4, 1e-3, 1e-3, 7.5e-4])
+    # 4 updates, 2 of warm-up: the last one is at min_lr_ratio * lr
+    assert [h["unet/lr"] for h in trainer.history] == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])
 
 
 def test_adamw_is_fused_where_it_can_be_and_updates_as_the_reference():

@@ -1,5 +1,6 @@
 """Exact resume: N steps straight == N/2 steps, resume, N/2 steps (both stages, on the CPU)."""
 
+import pytest
 import torch
 
 from pvdm_fast.train.checkpoint import load_checkpoint
@@ -49,3 +50,37 @@ def test_diffusion_resume_is_exact(tmp_path, tiny_config, tiny_autoencoder):
     assert step_a == step_b == 4
     _assert_same(a, b)
     assert (tmp_path / "split" / "diffusion.safetensors").is_file()
+
+
+def _logged(run_dir, key):
+    from pvdm_fast.train.logging import read_metrics
+
+    return {r["step"]: r[key] for r in read_metrics(run_dir) if key in r}
+
+
+def test_resume_with_a_new_lr_uses_it(tmp_path, tiny_config):
+    # The checkpoint's optimizer state must not bring the old rates back: lr and disc_lr given with
+    # --resume apply from the next update on (the GAN stage starts at step 2, right after the resume).
+    cfg = tiny_config()
+    run = tmp_path / "run"
+    train("autoencoder", config=str(cfg), out=str(run), data="synthetic:6", progress=False, overrides=["total_clips=8"])
+    assert set(_logged(run, "ae/lr").values()) == {1e-3}
+    train("autoencoder", resume=str(run), progress=False, overrides=["total_clips=16", "lr=1e-5", "disc_lr=1e-7"])
+    assert _logged(run, "ae/lr") == {1: 1e-3, 2: 1e-3, 3: 1e-5, 4: 1e-5}
+    assert _logged(run, "disc/lr") == {3: 1e-7, 4: 1e-7}
+    groups = {k: v["param_groups"][0] for k, v in load_checkpoint(run).state()["optimizers"].items()}
+    assert groups["ae"]["lr"] == 1e-5 and groups["disc"]["lr"] == 1e-7
+
+
+def test_resume_with_a_new_lr_keeps_the_schedule_position(tmp_path, tiny_config, tiny_autoencoder):
+    # warm-up over 4 updates; the resume after update 1 scales the new base rate by the factors 2/4, 3/4, 1
+    cfg = tiny_config(train_diffusion={"warmup_steps": 4, "lr_decay": "linear", "min_lr_ratio": 1.0})
+    run = tmp_path / "run"
+    train("diffusion", config=str(cfg), out=str(run), data="synthetic:6", autoencoder=str(tiny_autoencoder),
+          progress=False, overrides=["total_clips=4"])
+    train("diffusion", resume=str(run), progress=False, overrides=["total_clips=16", "lr=4e-4"])
+    used = _logged(run, "unet/lr")
+    assert used == pytest.approx({1: 1e-3 / 4, 2: 4e-4 * 2 / 4, 3: 4e-4 * 3 / 4, 4: 4e-4})
+    # and a later plain resume keeps the new rate (it is in the checkpoint now)
+    train("diffusion", resume=str(run), progress=False, overrides=["total_clips=20"])
+    assert _logged(run, "unet/lr")[5] == pytest.approx(4e-4)

@@ -1,0 +1,67 @@
+"""The run folder's own files: metrics.jsonl holds each step once across crashes and resumes, and a
+failed (re)start leaves run.json and config.yaml as they were."""
+
+import json
+
+import pytest
+
+from pvdm_fast.train.autoencoder_trainer import AutoencoderTrainer
+from pvdm_fast.train.checkpoint import load_checkpoint
+from pvdm_fast.train.commands import train
+from pvdm_fast.train.logging import read_metrics
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_at(monkeypatch, step):
+    """The step loop dies (as under kill -9: no final save) when it reaches `step` steps."""
+    original = AutoencoderTrainer.train_step
+
+    def train_step(self, batches):
+        if self.step == step:
+            raise Crash(f"killed at step {step}")
+        return original(self, batches)
+
+    monkeypatch.setattr(AutoencoderTrainer, "train_step", train_step)
+
+
+def test_metrics_hold_each_step_once_after_a_crash_and_resume(tmp_path, tiny_config, monkeypatch):
+    cfg = tiny_config(train_autoencoder={"gan_start_step": -1, "checkpoint_every": 4, "total_clips": 36})
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _crash_at(m, 7)
+        with pytest.raises(Crash):
+            train("autoencoder", config=str(cfg), out=str(run), data="synthetic:6", progress=False)
+    assert load_checkpoint(run).step == 4 and [r["step"] for r in read_metrics(run)] == list(range(1, 8))
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"step": 8, "clo')  # a cut line
+    train("autoencoder", resume=str(run), progress=False)
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 10))
+
+
+def test_a_fresh_run_over_a_run_without_checkpoint_starts_new_metrics(tmp_path, tiny_config, monkeypatch):
+    cfg = tiny_config(train_autoencoder={"gan_start_step": -1, "total_clips": 8})
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _crash_at(m, 1)
+        with pytest.raises(Crash):
+            train("autoencoder", config=str(cfg), out=str(run), data="synthetic:6", progress=False)
+    assert [r["step"] for r in read_metrics(run)] == [1]
+    train("autoencoder", config=str(cfg), out=str(run), data="synthetic:6", progress=False)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_a_failed_resume_keeps_the_runs_saved_arguments(tmp_path, tiny_config, tiny_autoencoder):
+    cfg = tiny_config(train_diffusion={"total_clips": 8})
+    run = tmp_path / "run"
+    train("diffusion", config=str(cfg), out=str(run), data="synthetic:6", autoencoder=str(tiny_autoencoder),
+          progress=False, overrides=["total_clips=4"])
+    before = {name: (run / name).read_text() for name in ("run.json", "config.yaml", "metrics.jsonl")}
+    with pytest.raises(FileNotFoundError, match="lat_typo"):
+        train("diffusion", resume=str(run), latents=str(tmp_path / "lat_typo"), progress=False,
+              overrides=["total_clips=44"])
+    assert {name: (run / name).read_text() for name in before} == before
+    assert json.loads(before["run.json"])["latents"] is None
+    summary = train("diffusion", resume=str(run), progress=False, overrides=["total_clips=8"])  # a plain resume
+    assert summary["step"] == 2
