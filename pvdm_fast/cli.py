@@ -101,6 +101,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from pvdm_fast.pipeline import Pipeline
     from pvdm_fast.sample_job import model_identity, parse_formats, resolve_sampler, sample_to_folder
 
+    from pvdm_fast.devices import resolve_device
+
+    resolve_device(args.device)  # before any weight is read
     formats = parse_formats(args.format)
     sampler, steps, eta = resolve_sampler(args.protocol, args.sampler, args.steps, args.eta)
     options = dict(device=args.device, precision=args.precision, compile=args.compile, cuda_graph=args.cuda_graph)

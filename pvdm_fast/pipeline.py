@@ -35,12 +35,9 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("a CUDA device was requested but none is visible; use --device cpu")
-    return device
+    from pvdm_fast.devices import resolve_device
+
+    return resolve_device(device)
 
 
 class Pipeline:

@@ -23,6 +23,7 @@ import torch
 from pvdm_fast._atomic import atomic_write
 from pvdm_fast.data.sources import SyntheticVideo
 from pvdm_fast.data.specs import FORMATS
+from pvdm_fast.devices import resolve_device
 
 CACHE_FORMAT = "pvdm_fast.latents.v1"
 MANIFEST = "manifest.json"
@@ -127,22 +128,6 @@ def _check_encode_args(batch_size: int, shard_size: int, num_workers: int) -> No
                                      ("num_workers", "--workers", num_workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} ({flag}) must be an integer >= {least}, got {value!r}")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or cuda when available else cpu; ValueError for a malformed or unavailable device."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r} ({exc}); pass e.g. --device cuda, cuda:1 or cpu") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("CUDA is not available (no GPU visible, or torch built without CUDA): pass --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device} does not exist: {torch.cuda.device_count()} CUDA devices are visible")
-    return device
 
 
 @torch.no_grad()

@@ -14,24 +14,9 @@ import pathlib
 
 def check_device(device: str | None) -> None:
     """ValueError for a device torch does not know or this machine lacks (before torch's own traceback)."""
-    import torch
+    from pvdm_fast.devices import resolve_device
 
-    if device in (None, "", "auto"):
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N (default: cuda when "
-                         "available, else cpu)") from None
-    if dev.type == "cpu":
-        return
-    backend = getattr(torch, dev.type, None)
-    available = getattr(backend, "is_available", lambda: False)()
-    if not available:
-        raise ValueError(f"--device {device}: no {dev.type} device is available on this machine; use cpu")
-    count = getattr(backend, "device_count", lambda: 1)()
-    if dev.index is not None and dev.index >= count:
-        raise ValueError(f"--device {device}: this machine has {count} {dev.type} device(s), numbered from 0")
+    resolve_device(device)
 
 
 def _context(device):
@@ -108,7 +93,9 @@ def _cmd_recon(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser, num_help: str) -> None:
-    p.add_argument("--num", type=int, default=2048, help=num_help)
+    # --num-videos: under torchrun, whose parser reads the whole command line first, --num is an
+    # ambiguous abbreviation of its --numa-binding
+    p.add_argument("--num", "--num-videos", dest="num", type=int, default=2048, help=num_help)
     p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--stride", type=int, default=1, help="frame stride inside a clip")
     p.add_argument("--batch-size", type=int, default=8)
@@ -152,7 +139,7 @@ def add_eval(sub) -> None:
     c = ev.add_parser("recon", help="PSNR / SSIM / LPIPS of autoencoder reconstructions")
     c.add_argument("--autoencoder", required=True, help="autoencoder weights (.safetensors from pvdm_fast)")
     c.add_argument("--data", required=True, help="FORMAT:PATH or synthetic[:COUNT]")
-    c.add_argument("--num", type=int, default=256, help="clips (one per video)")
+    c.add_argument("--num", "--num-videos", dest="num", type=int, default=256, help="clips (one per video)")
     c.add_argument("--stride", type=int, default=None, help="default: the file's data.frame_stride, else 1")
     c.add_argument("--batch-size", type=int, default=4)
     c.add_argument("--lpips", default=None, help="VGG16 torchvision weights, or one file with VGG16 + LPIPS heads")

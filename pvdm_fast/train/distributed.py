@@ -37,12 +37,10 @@ def launched_by_torchrun() -> bool:
 
 def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
     """"auto" / None: this rank's GPU when CUDA is visible, else the CPU."""
-    if device in (None, "", "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    from pvdm_fast.devices import resolve_device
+
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device=cuda was asked for but no CUDA device is visible; use device=cpu")
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     return dev

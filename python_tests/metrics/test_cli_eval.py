@@ -224,3 +224,28 @@ def test_recon_bad_input_exits_2(tmp_path, capsys):
     assert _run("recon", *common, device="tpu") == 2
     assert "is not a device" in capsys.readouterr().err
     assert not (tmp_path / "ae.recon.json").exists()
+
+
+def test_every_eval_option_survives_torchruns_parser():
+    """torchrun parses the whole command line before the script's own parser: an option that is an
+    abbreviation of one of its own (--num of --numa-binding) stops it. Each eval command, with every
+    option spelled as the README's torchrun examples may, must pass through."""
+    run = pytest.importorskip("torch.distributed.run")
+    from pvdm_fast.cli import build_parser
+
+    commands = {
+        "fvd": ["--real", "r", "--fake", "f", "--i3d", "i", "--num-videos", "8", "--frames", "16", "--stride", "1",
+                "--batch-size", "2", "--device", "cpu", "--out", "o.json", "--quiet", "--split", "test", "--fold",
+                "1", "--seed", "0", "--workers", "0", "--resolution", "64", "--stats-cache", "s.npz"],
+        "kvd": ["--real", "r", "--fake", "f", "--i3d", "i", "--num-videos", "8", "--subsets", "3",
+                "--subset-size", "4"],
+        "is": ["--fake", "f", "--c3d", "c", "--c3d-mean", "m", "--splits", "2", "--num-videos", "8"],
+    }
+    for name, options in commands.items():
+        argv = ["--nproc_per_node=2", "-m", "pvdm_fast.cli", "eval", name, *options]
+        launched = run.get_args_parser().parse_args(argv)  # SystemExit if torchrun refuses an option
+        assert launched.training_script == "pvdm_fast.cli" and launched.training_script_args[:2] == ["eval", name]
+        args = build_parser().parse_args(launched.training_script_args)
+        assert args.num == 8, name
+    with pytest.raises(SystemExit):  # the plain spelling really is refused there
+        run.get_args_parser().parse_args(["--nproc_per_node=2", "-m", "pvdm_fast.cli", "eval", "is", "--num", "8"])
