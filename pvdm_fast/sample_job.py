@@ -108,11 +108,25 @@ def holds_videos(out: pathlib.Path) -> bool:
     return any(out.glob("video_*"))
 
 
-def check_settings(out: pathlib.Path, settings: dict) -> None:
+# Recorded since the settings are resolved (defaults filled in); a file without them is older.
+RESOLVED_KEYS = ("precision", "device", "fps")
+
+
+def _upgrade(old: dict, settings: dict, defaults: dict) -> dict:
+    """An older settings file as it would read now: None (a default) replaced by `defaults`' value, the
+    keys it did not record taken as they are now (that version could not tell them apart)."""
+    if any(k in old for k in RESOLVED_KEYS):
+        return old
+    up = {k: (defaults[k] if v is None and k in defaults else v) for k, v in old.items()}
+    return {**{k: settings.get(k) for k in RESOLVED_KEYS}, **up}
+
+
+def check_settings(out: pathlib.Path, settings: dict, defaults: dict | None = None) -> None:
     """Record the settings in a new folder; refuse to resume a folder made with other settings.
 
     A folder with settings but no video yet (a first run that failed or was stopped before its first
-    video) takes the new settings: nothing would be mixed."""
+    video) takes the new settings: nothing would be mixed. `defaults`: what None meant in a file
+    written before settings were recorded resolved (steps, eta, guidance), so such folders resume."""
     path = out / SETTINGS_FILE
     settings = json.loads(json.dumps(settings))  # compare what the file would hold (tuples -> lists, ...)
     if path.exists():
@@ -120,7 +134,11 @@ def check_settings(out: pathlib.Path, settings: dict) -> None:
             old = json.loads(path.read_text())
         except ValueError:
             old = None  # a damaged settings file: refuse below unless nothing is sampled yet
+        if isinstance(old, dict):
+            old = _upgrade(old, settings, defaults or {})
         if old == settings:
+            if json.loads(path.read_text()) != settings:  # rewrite an older file in today's form
+                atomic_write(path, lambda p: p.write_text(json.dumps(settings, indent=1, sort_keys=True)))
             return
         if holds_videos(out):
             if old is None:
@@ -135,7 +153,7 @@ def check_settings(out: pathlib.Path, settings: dict) -> None:
 
 def run_sample_job(generate: Callable[[list[int]], np.ndarray], out: str | os.PathLike, num: int,
                    batch_size: int, seed: int, formats: Sequence[str], fps: float = 16.0,
-                   settings: dict | None = None, progress: bool = True) -> dict:
+                   settings: dict | None = None, progress: bool = True, defaults: dict | None = None) -> dict:
     """Sample videos 0..num-1 into `out`, skipping finished ones.
 
     generate(seeds) -> uint8 (len(seeds), T, H, W, 3). Returns {"existing", "generated", "total"}.
@@ -146,7 +164,7 @@ def run_sample_job(generate: Callable[[list[int]], np.ndarray], out: str | os.Pa
         raise ValueError(f"--fps must be positive, got {fps}")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, {**(settings or {}), "seed": seed, "fps": fps})
+    check_settings(out, {**(settings or {}), "seed": seed, "fps": fps}, defaults)
     todo = [i for i in range(num) if not is_done(out, i, formats)]
     existing = num - len(todo)
     from tqdm.auto import tqdm
@@ -204,4 +222,7 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
         return pipe(frames=frames, seeds=seeds, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
                     condition=condition, clip_x0=clip_x0).numpy()
 
-    return run_sample_job(generate, out, num, batch_size, seed, formats, fps, settings, progress)
+    # what None stood for in older files: the defaults, not this run's values
+    defaults = {"steps": DEFAULT_STEPS.get(sampler), "eta": 1.0 if sampler == "ddim" else None,
+                "guidance": float(pipe.diffusion.guidance)}
+    return run_sample_job(generate, out, num, batch_size, seed, formats, fps, settings, progress, defaults)

@@ -218,3 +218,20 @@ def test_pipeline_refuses_non_integer_and_non_positive_arguments(checkpoints):
         with pytest.raises(ValueError, match="must be"):
             pipe(**kw)
     assert pipe(seeds=np.arange(1), frames=8.0, sampler="dpm++2m", steps=2).shape == (1, 8, 16, 16, 3)
+
+
+def test_a_folder_from_before_resolved_settings_still_resumes(checkpoints, tmp_path, capsys):
+    # The previous version stored None for defaults and no precision/device/fps: its interrupted folders
+    # resume (and the file is rewritten in today's form); other settings are still refused.
+    out = tmp_path / "samples"
+    assert cli.main(_argv(checkpoints, out, "--num", "1", "--format", "npz")) == 0
+    now = json.loads((out / "sample_settings.json").read_text())
+    legacy = {k: v for k, v in now.items() if k not in ("precision", "device", "fps")}
+    legacy.update(guidance=None, eta=None)
+    (out / "sample_settings.json").write_text(json.dumps(legacy))
+    assert cli.main(_argv(checkpoints, out, "--num", "2", "--format", "npz")) == 0
+    assert "1 already there, 1 generated" in capsys.readouterr().out
+    assert json.loads((out / "sample_settings.json").read_text()) == now
+    (out / "sample_settings.json").write_text(json.dumps(legacy))
+    assert cli.main(_argv(checkpoints, out, "--num", "2", "--format", "npz", "--guidance", "2")) == 2
+    assert "guidance" in capsys.readouterr().err
