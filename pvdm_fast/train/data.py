@@ -35,13 +35,13 @@ class ResumableSampler(ShardedSampler):
 def _worker_init(_worker_id: int) -> None:
     # Each worker decodes one clip at a time; a thread pool per worker would oversubscribe the cores.
     torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group, and a SIGTERM may too (`kill -- -PGID`, job schedulers):
-    # the training process turns both into "save a checkpoint, then exit", and reads the batches it
-    # still needs from these workers. data.loader's worker context ignores SIGINT already (from an
-    # earlier point); SIGTERM is ignored here. Workers end when the loader shuts them down, or with
-    # the main process (data.loader.watch_main_process).
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    # Ctrl-C reaches the whole process group: the training process turns it into "save a checkpoint,
+    # then exit". data.loader's worker context ignores SIGINT already (from an earlier point); again
+    # here for any other context. SIGTERM is left alone: torch's loader shutdown, and
+    # multiprocessing at exit, terminate a stuck worker with it, and ignoring it hung the exit. A
+    # SIGTERM to the whole group (`kill -- -PGID`) ends the workers; the loop then saves anyway
+    # (a loader error after a stop request is not fatal, Trainer._next_batches).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def batch_stream(dataset, local_batch: int, *, rank: int, world_size: int, seed: int, skip: int,

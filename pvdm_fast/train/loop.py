@@ -348,19 +348,25 @@ class Trainer:
             for h, value in want.items():
                 if h != "lr" and group.get(h) != value:
                     group[h] = value
-            base = group.get("initial_lr", group["lr"])
-            if want["lr"] == base:
+            if part.scheduler is None:  # the lr is the group's own
+                if group["lr"] != want["lr"]:
+                    self._say_lr(part, group["lr"], want["lr"])
+                    group["lr"] = want["lr"]
                 continue
-            if self.ctx.is_main:
-                print(f"{part.name}: lr {base:g} in the checkpoint, {want['lr']:g} from the config: using "
-                      f"{want['lr']:g}")
-            if part.scheduler is None:
-                group["lr"] = want["lr"]
-                continue
-            group["initial_lr"] = part.scheduler.base_lrs[i] = want["lr"]
-            factor = part.scheduler.lr_lambdas[i](part.scheduler.last_epoch)
-            group["lr"] = want["lr"] * factor
-            part.scheduler._last_lr = [g["lr"] for g in part.optimizer.param_groups]
+            base = group.get("initial_lr", group["lr"])  # the schedule multiplies the base lr
+            if want["lr"] != base:
+                self._say_lr(part, base, want["lr"])
+                group["initial_lr"] = part.scheduler.base_lrs[i] = want["lr"]
+            # as LambdaLR computes it: unchanged on a plain resume; new after a new base lr or a
+            # schedule (warm-up, decay) this resume changed
+            lr = want["lr"] * part.scheduler.lr_lambdas[i](part.scheduler.last_epoch)
+            if group["lr"] != lr:
+                group["lr"] = lr
+                part.scheduler._last_lr = [g["lr"] for g in part.optimizer.param_groups]
+
+    def _say_lr(self, part: Part, old: float, new: float) -> None:
+        if self.ctx.is_main:
+            print(f"{part.name}: lr {old:g} in the checkpoint, {new:g} from the config: using {new:g}")
 
     def _load_state(self, module: nn.Module, state_dict: dict, what: str) -> None:
         try:

@@ -72,6 +72,19 @@ def test_resume_with_a_new_lr_uses_it(tmp_path, tiny_config):
     assert groups["ae"]["lr"] == 1e-5 and groups["disc"]["lr"] == 1e-7
 
 
+def test_resume_that_drops_the_warm_up_runs_at_the_configured_lr(tmp_path, tiny_config, tiny_autoencoder):
+    # No scheduler after the resume (warmup_steps=0, no decay): the lr is the config's, not the warm-up
+    # scaled rate left in the checkpoint's optimizer state.
+    cfg = tiny_config(train_diffusion={"warmup_steps": 4})
+    run = tmp_path / "run"
+    train("diffusion", config=str(cfg), out=str(run), data="synthetic:6", autoencoder=str(tiny_autoencoder),
+          progress=False, overrides=["total_clips=4"])
+    assert _logged(run, "unet/lr") == pytest.approx({1: 1e-3 / 4})
+    train("diffusion", resume=str(run), progress=False, overrides=["total_clips=12", "warmup_steps=0",
+                                                                   "lr_decay=none"])
+    assert _logged(run, "unet/lr") == pytest.approx({1: 1e-3 / 4, 2: 1e-3, 3: 1e-3})
+
+
 def test_resume_with_a_new_lr_keeps_the_schedule_position(tmp_path, tiny_config, tiny_autoencoder):
     # warm-up over 4 updates; the resume after update 1 scales the new base rate by the factors 2/4, 3/4, 1
     cfg = tiny_config(train_diffusion={"warmup_steps": 4, "lr_decay": "linear", "min_lr_ratio": 1.0})
