@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 
 import torch
 
@@ -29,7 +30,19 @@ def read_official(source) -> dict:
                 sd = load_file(str(path))
             else:
                 sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError, a zip reader's RuntimeError, KeyError from text, ...
+        except MemoryError:
+            raise
+        except pickle.UnpicklingError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            cause = next((ln for ln in lines if "Unsupported global" in ln), None)
+            if cause is not None:  # a real pickle of objects besides tensors
+                raise ValueError(f"{path}: torch.load(weights_only=True) refused it ({cause}): it holds Python "
+                                 "objects besides tensors. If you trust the file, load it with "
+                                 "weights_only=False in your own script and torch.save its state dict") from exc
+            what = next((ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "")
+            raise ValueError(f"{path} is not a readable checkpoint (unpickling: {what}); expected an official "
+                             "PVDM .pth (torch.save of a state dict); is it truncated?") from exc
+        except Exception as exc:  # a zip reader's RuntimeError, KeyError from text, EOFError, ...
             raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}); expected an official PVDM "
                              ".pth (torch.save of a state dict) or a .safetensors file; is it truncated?") from exc

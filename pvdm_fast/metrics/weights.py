@@ -31,7 +31,9 @@ def read_errors() -> tuple[type[BaseException], ...]:
 
 
 def unreadable(path, kind: str, exc: BaseException, expected: str) -> ValueError:
-    reason = (str(exc).strip().splitlines() or [""])[0]
+    lines = str(exc).strip().splitlines() or [""]
+    # torch's weights_only refusal opens with general advice; its cause is the "Unsupported ..." line
+    reason = next((ln.strip() for ln in lines if ln.strip().startswith("Unsupported")), lines[0])
     reason = reason if len(reason) <= 120 else reason.split(". ")[0][:200]  # torch's advice runs long
     return ValueError(f"{path} is not a readable {kind} weight file ({type(exc).__name__}: {reason}); it must be "
                       f"{expected} (download it again if it is truncated)")

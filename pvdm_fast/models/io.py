@@ -30,7 +30,7 @@ def save_weights(path: str | os.PathLike, state_dict: dict, kind: str, config: d
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, str, dict]:
     """(state_dict, kind, config) from a file written by `save_weights`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = pathlib.Path(path)
@@ -39,7 +39,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except Exception as exc:  # safetensors' own error type for a bad header, OSError, ...
+    except (SafetensorError, OSError, ValueError) as exc:  # a bad header, an unreadable file
         raise ValueError(f"{path} is not a readable pvdm_fast weights file: {describe_unreadable(path, exc)}"
                          ) from exc
     if meta.get("format") != FORMAT:
@@ -48,10 +48,13 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     try:
         config = json.loads(meta["config"])
         kind = meta["kind"]
-        tensors = load_file(str(path), device=str(device))
-    except Exception as exc:
+        tensors = load_file(str(path), device="cpu")
+    except (KeyError, ValueError, SafetensorError, OSError) as exc:  # not MemoryError
         raise ValueError(f"{path} is a damaged pvdm_fast weights file ({type(exc).__name__}: {exc}); "
                          "write it again (an interrupted copy?)") from exc
+    # Outside the try: a device error (no CUDA, out of memory) is not the file's fault.
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, kind, config
 
 

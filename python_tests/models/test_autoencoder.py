@@ -236,6 +236,16 @@ def test_unreadable_weight_files_are_value_errors_that_say_what_they_are(tmp_pat
                           ("tensor.pth", "holds a Tensor")):
         with pytest.raises(ValueError, match=pattern):
             read_official(tmp_path / name)
+    # a file torch.load(weights_only=True) refuses is named as such, with torch's reason
+    import argparse
+    torch.save({"w": torch.zeros(2), "args": argparse.Namespace(lr=1)}, tmp_path / "objects.pth")
+    with pytest.raises(ValueError, match="weights_only=True\\) refused it .*Namespace"):
+        read_official(tmp_path / "objects.pth")
+    # a device that cannot take the tensors is not called a damaged file
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception) as info:
+            load_weights(good, device="cuda")
+        assert "damaged" not in str(info.value)
     # through the CLI: exit status 2 with the message, no traceback
     assert cli.main(["convert", "--kind", "autoencoder", str(tmp_path / "text.pth"),
                      str(tmp_path / "out.safetensors")]) == 2
