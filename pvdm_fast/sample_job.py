@@ -211,7 +211,9 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
     frames, _, _, w = pipe.resolve(frames, sampler, steps, eta, guidance, condition)
     from pvdm_fast.pipeline import DEFAULT_STEPS
 
-    steps = DEFAULT_STEPS.get(sampler) if steps is None else int(steps)
+    # ddpm without --steps runs every timestep of the schedule: the same plan as --steps T
+    default_steps = int(pipe.alphas_cumprod.numel()) if sampler == "ddpm" else DEFAULT_STEPS.get(sampler)
+    steps = default_steps if steps is None else int(steps)
     eta = (1.0 if eta is None else float(eta)) if sampler == "ddim" else eta
     guidance = w
     settings = {"model": model_id, "frames": frames, "sampler": sampler, "steps": steps, "eta": eta,
@@ -223,6 +225,6 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
                     condition=condition, clip_x0=clip_x0).numpy()
 
     # what None stood for in older files: the defaults, not this run's values
-    defaults = {"steps": DEFAULT_STEPS.get(sampler), "eta": 1.0 if sampler == "ddim" else None,
+    defaults = {"steps": default_steps, "eta": 1.0 if sampler == "ddim" else None,
                 "guidance": float(pipe.diffusion.guidance)}
     return run_sample_job(generate, out, num, batch_size, seed, formats, fps, settings, progress, defaults)

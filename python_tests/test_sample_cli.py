@@ -111,6 +111,12 @@ def checkpoints(tmp_path_factory):
     return root
 
 
+def torch_equal_plans(a, b) -> bool:
+    import torch
+
+    return torch.equal(a.timesteps, b.timesteps) and torch.equal(a.coefs, b.coefs)
+
+
 def _argv(ckpt: pathlib.Path, out: pathlib.Path, *extra: str) -> list[str]:
     return ["sample", "--autoencoder", str(ckpt / "ae.safetensors"), "--diffusion",
             str(ckpt / "diffusion.safetensors"), "--out", str(out), "--device", "cpu", "--quiet",
@@ -198,6 +204,20 @@ def test_resume_compares_resolved_settings_and_refuses_another_precision(checkpo
             "--sampler", "ddim", "--steps", "2", "--out", str(tmp_path / "ddim")]
     assert cli.main(ddim) == 0
     assert cli.main(ddim + ["--eta", "1"]) == 0  # DDIM's default eta, spelled out
+    # ddpm without --steps is every timestep of the schedule: --steps T is the same plan
+    from pvdm_fast.pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoints(checkpoints / "ae.safetensors", checkpoints / "diffusion.safetensors",
+                                     device="cpu")
+    n = pipe.alphas_cumprod.numel()
+    assert torch_equal_plans(pipe.plan("ddpm", None), pipe.plan("ddpm", n))
+    ddpm = ["sample", "--autoencoder", str(checkpoints / "ae.safetensors"), "--diffusion",
+            str(checkpoints / "diffusion.safetensors"), "--device", "cpu", "--quiet", "--format", "npz",
+            "--sampler", "ddpm", "--out", str(tmp_path / "ddpm"), "--num", "1"]
+    assert cli.main(ddpm) == 0
+    assert json.loads((tmp_path / "ddpm" / "sample_settings.json").read_text())["steps"] == n
+    assert cli.main(ddpm + ["--steps", str(n)]) == 0
+    assert "1 already there" in capsys.readouterr().out
 
 
 def test_config_and_overrides_with_pvdm_fast_checkpoints_are_refused(checkpoints, tmp_path, capsys):
