@@ -254,7 +254,9 @@ def convert_official_file(kind: str, source, dest, config="ucf101-256", override
 
     if kind not in CONVERT_KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(CONVERT_KINDS)}")
-    cfg = load_config(str(config), list(overrides))
+    # one model per conversion: its own section must be valid, not its agreement with the other model's
+    # preset values (a UNet trained on another latent grid, e.g. unet.frames=8, converts on its own)
+    cfg = load_config(str(config), list(overrides), consistent=False)
 
     def section(name: str) -> dict:
         return OmegaConf.to_container(cfg[name], resolve=True)

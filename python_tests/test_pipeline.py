@@ -201,6 +201,12 @@ def test_convert_then_load_equals_loading_the_official_files_directly(tmp_path):
     assert converted.autoencoder.config.axis_heads == section("autoencoder")["axis_heads"]
     kw = dict(seeds=[4], sampler="ddim", steps=2, eta=0.0)
     assert torch.equal(converted(**kw), direct(**kw))
+    # a UNet for another latent grid than the preset's autoencoder converts on its own (the grid check
+    # between the two models belongs to loading both, not to converting one)
+    other = randomize(TriplaneUNet(UNetConfig(**{**section("unet"), "frames": 8})).eval())
+    torch.save({f"diffusion_model.{k}": v for k, v in other.state_dict().items()}, tmp_path / "unet8.pth")
+    assert main(["convert", "--kind", "unet", "--config", "tiny", str(tmp_path / "unet8.pth"),
+                 str(tmp_path / "dm8.safetensors"), "unet.frames=8"]) == 0
     with pytest.raises(ValueError, match="axis_heads=3 does not divide"):
         from pvdm_fast.convert import convert_official_file
 

@@ -73,11 +73,13 @@ def _check_section(cfg, name: str) -> None:
         raise ValueError(f"unknown key(s) {unknown} in config section {name!r}; allowed: {sorted(allowed)}")
 
 
-def load_config(name_or_path: str | pathlib.Path, overrides: Iterable[str] = ()):
+def load_config(name_or_path: str | pathlib.Path, overrides: Iterable[str] = (), *, consistent: bool = True):
     """A preset name or YAML path, with `section.key=value` overrides applied, validated.
 
     Known sections are filled with their dataclass defaults for missing keys, so every consumer sees
-    the full set of values that were actually used.
+    the full set of values that were actually used. `consistent=False` skips the checks between
+    sections (UNet grid = autoencoder grid, data = autoencoder clips), for a caller that uses one
+    section alone (`pvdm convert --kind unet`).
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -103,7 +105,8 @@ def load_config(name_or_path: str | pathlib.Path, overrides: Iterable[str] = ())
         _check_section(cfg, name)
         if name in cfg:
             cfg[name] = OmegaConf.merge(OmegaConf.create(dataclasses.asdict(section_class(name)())), cfg[name])
-    _check_consistency(cfg)
+    if consistent:
+        _check_consistency(cfg)
     return cfg
 
 

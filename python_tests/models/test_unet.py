@@ -265,8 +265,9 @@ def test_pvdm_convert_cli_round_trip(golden, tmp_path, monkeypatch, capsys):
     unet.update(frames=(length - size * size) // (2 * size), height=size, width=size)
     seen = {}
 
-    def load_config(name, overrides=()):
+    def load_config(name, overrides=(), consistent=True):
         seen["args"] = (name, list(overrides))
+        seen["consistent"] = consistent
         return OmegaConf.create({"unet": unet, "diffusion": {"cond_prob": 0.2}})
 
     monkeypatch.setitem(sys.modules, "pvdm_fast.configs", types.SimpleNamespace(load_config=load_config))
@@ -275,7 +276,7 @@ def test_pvdm_convert_cli_round_trip(golden, tmp_path, monkeypatch, capsys):
     dest = tmp_path / "unet.safetensors"
     assert main(["convert", str(tmp_path / "ema.pth"), str(dest), "unet.dropout=0.0", "--kind", "unet",
                  "--config", "golden"]) == 0
-    assert seen["args"] == ("golden", ["unet.dropout=0.0"])
+    assert seen["args"] == ("golden", ["unet.dropout=0.0"]) and seen["consistent"] is False
     sd, kind, config = load_weights(dest)
     assert kind == "unet" and config["diffusion"]["cond_prob"] == 0.2
     assert UNetConfig(**config["unet"]) == UNetConfig(**unet)
