@@ -208,7 +208,8 @@ class AutoencoderTrainer(Trainer):
         self.model.train()
         path = self.run_dir / "samples" / f"reconstructions-{self.step:08d}.png"
         save_video_grid(path, [self._preview, recon.float().clamp(-1, 1)])
-        self.logger.add_video("reconstructions", torch.cat([self._preview, recon.float()], dim=-1), self.step)
+        self.logger.add_video("reconstructions", torch.cat([self._preview, recon.float()], dim=-1),
+                               self.step * self.clips_per_step)
 
     def export(self) -> list[pathlib.Path]:
         from pvdm_fast.models.io import save_weights

@@ -122,6 +122,8 @@ def validate(c, name: str) -> None:
     need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}")
     need(c.ema_every >= 1, f"ema_every must be >= 1, got {c.ema_every}")
     need(c.log_every >= 1 and c.checkpoint_every >= 1, "log_every and checkpoint_every must be >= 1")
+    need(c.sample_every >= 0, f"sample_every must be >= 0 (0: no periodic samples), got {c.sample_every}")
+    need(c.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (the newest N are kept), got {c.keep_checkpoints}")
     if isinstance(c, TrainAutoencoderConfig):
         need(c.l1_weight >= 0 and c.l2_weight >= 0 and c.l1_weight + c.l2_weight > 0,
              f"l1_weight and l2_weight must be >= 0 and not both 0, got {c.l1_weight} and {c.l2_weight}")

@@ -201,7 +201,7 @@ class DiffusionTrainer(Trainer):
         self.autoencoder.requires_grad_(False)
         video = videos.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
         save_gif(self.run_dir / "samples" / f"samples-{self.step:08d}.gif", video_grid_frames([video]))
-        self.logger.add_video("samples", video, self.step)
+        self.logger.add_video("samples", video, self.step * self.clips_per_step)
 
     def export(self) -> list[pathlib.Path]:
         from pvdm_fast.models.io import save_weights

@@ -26,6 +26,7 @@ class RunLogger:
         self.enabled = enabled
         self.dir = pathlib.Path(run_dir)
         self._tb = None
+        self._moviepy: bool | None = None  # found, once a video is logged
         self._bar = None
         self._file = None
         self._start = time.time()
@@ -71,13 +72,20 @@ class RunLogger:
                 self._tb.add_scalar(k, v, clips)
 
     def add_video(self, tag: str, video, clips: int, fps: int = 8) -> None:
-        """video: float (B, 3, T, H, W) in [-1, 1]."""
-        if self._tb is not None:
-            try:
-                self._tb.add_video(tag, ((video.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 1, 3, 4),
-                                   clips, fps=fps)
-            except ImportError:  # add_video needs moviepy; the GIF files in the run folder still exist
-                pass
+        """video: float (B, 3, T, H, W) in [-1, 1], logged at `clips` (the x-axis of the scalars).
+        TensorBoard videos need moviepy (torch prints a message and logs nothing without it): without
+        it one note is written, once; the GIFs under samples/ are written either way."""
+        if self._tb is None:
+            return
+        if self._moviepy is None:
+            import importlib.util
+
+            self._moviepy = importlib.util.find_spec("moviepy") is not None
+            if not self._moviepy:
+                self.write("note: TensorBoard videos need the moviepy package; the images are in samples/")
+        if self._moviepy:
+            self._tb.add_video(tag, ((video.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 1, 3, 4),
+                               clips, fps=fps)
 
     def write(self, message: str) -> None:
         if not self.enabled:

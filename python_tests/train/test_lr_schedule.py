@@ -43,7 +43,8 @@ def test_first_and_last_update_factors_of_a_short_run(decay):
 
 
 def test_bad_schedule_values_are_rejected():
-    for key, value in (("lr_decay", "exp"), ("min_lr_ratio", 1.5), ("warmup_steps", -1)):
+    for key, value in (("lr_decay", "exp"), ("min_lr_ratio", 1.5), ("warmup_steps", -1),
+                       ("sample_every", -1), ("keep_checkpoints", 0)):  # -1 sampled every step; 0 kept all
         cfg = OmegaConf.create({"train_autoencoder": {key: value}})
         with pytest.raises(ValueError, match=key):
             section(cfg, "train_autoencoder")

@@ -65,3 +65,27 @@ def test_a_failed_resume_keeps_the_runs_saved_arguments(tmp_path, tiny_config, t
     assert json.loads(before["run.json"])["latents"] is None
     summary = train("diffusion", resume=str(run), progress=False, overrides=["total_clips=8"])  # a plain resume
     assert summary["step"] == 2
+
+
+def test_tensorboard_videos_without_moviepy_are_one_note_not_a_message_per_step(tmp_path, monkeypatch, capsys):
+    # torch's add_video prints a message and logs nothing without moviepy (it raises nothing): without
+    # moviepy the logger writes one note and skips the call; with it, the video goes at the clip count.
+    import importlib.util
+
+    import torch
+
+    from pvdm_fast.train.logging import RunLogger
+
+    pytest.importorskip("tensorboard")
+    real_find_spec = importlib.util.find_spec
+    for have in (False, True):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: (object() if have else None) if name == "moviepy" else real_find_spec(name, *a))
+        logger = RunLogger(tmp_path / f"run{have}", total_clips=8, tensorboard=True, progress=False)
+        calls = []
+        monkeypatch.setattr(logger._tb, "add_video", lambda tag, v, step, fps: calls.append((tag, step)))
+        for clips in (4, 8):
+            logger.add_video("samples", torch.zeros(1, 3, 2, 4, 4), clips)
+        logger.close()
+        notes = capsys.readouterr().out.count("need the moviepy package")
+        assert (notes, calls) == ((0, [("samples", 4), ("samples", 8)]) if have else (1, []))
