@@ -107,7 +107,7 @@ def rows(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    args = _bench.parser(__doc__.splitlines()[0]).parse_args()
+    args = _bench.parser(__doc__.split("\n\n")[0]).parse_args()
     table = rows(args.quick)
     _bench.print_table(table)
     if args.json:

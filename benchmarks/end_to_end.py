@@ -249,7 +249,7 @@ class Bench:
 
 
 def main(argv=None) -> int:
-    p = _bench.parser(__doc__.splitlines()[0])
+    p = _bench.parser(__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", default="ucf101-256")
     p.add_argument("--backends", default="reference,auto")

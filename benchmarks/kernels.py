@@ -176,7 +176,7 @@ def sdpa_routes(rows: list[dict], names: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = _bench.parser(__doc__.splitlines()[0])
+    p = _bench.parser(__doc__.split("\n\n")[0])
     p.add_argument("--write-prefs", action="store_true",
                    help="record the fastest backend per op and dtype for `auto` (see pvdm_fast.ops.dispatch)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows (minutes of compiling)")

@@ -146,7 +146,7 @@ def rows(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    args = _bench.parser(__doc__.splitlines()[0]).parse_args()
+    args = _bench.parser(__doc__.split("\n\n")[0]).parse_args()
     if _bench.require_gpu("kernels_triplane.py"):
         result = rows(args.quick)
         _bench.print_table(result)

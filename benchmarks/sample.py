@@ -106,7 +106,7 @@ def rows(quick: bool = False, preset: str | None = None, batch: int | None = Non
 
 
 def main() -> None:
-    p = _bench.parser(__doc__.splitlines()[0])
+    p = _bench.parser(__doc__.split("\n\n")[0])
     p.add_argument("--config", default=None, help="preset (default: ucf101-256 on GPU, demo on CPU)")
     p.add_argument("--batch", type=int, default=None, help="videos per call (default 4 on GPU, 2 on CPU)")
     args = p.parse_args()

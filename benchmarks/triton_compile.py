@@ -440,7 +440,7 @@ def _report(i: int, n: int, row: dict, log) -> dict:
 
 
 def main(argv=None) -> int:
-    p = _bench.parser(__doc__.splitlines()[0])
+    p = _bench.parser(__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_LIMIT),
                    help="compute capability x10 to compile for (repeatable; default 90)")
     p.add_argument("--cases", default="tests,bench",

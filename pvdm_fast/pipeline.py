@@ -57,7 +57,8 @@ class Pipeline:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.amp = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         if cuda_graph and self.device.type != "cuda":
-            raise ValueError("cuda_graph=True needs a CUDA device")
+            raise ValueError(f"cuda_graph=True (--cuda-graph) needs a CUDA device, and this pipeline runs on "
+                             f"{self.device}; drop --cuda-graph or pass --device cuda")
         self.autoencoder = autoencoder.eval().requires_grad_(False).to(self.device)
         self.unet = unet.eval().requires_grad_(False).to(self.device)
         self.diffusion = diffusion if diffusion is not None else DiffusionConfig()
