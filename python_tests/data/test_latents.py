@@ -87,19 +87,26 @@ def test_resume_after_interruption(tmp_path):
                        progress=False)
 
 
-def test_resume_with_the_data_folder_spelled_differently(tmp_path, monkeypatch):
-    import shutil
+def _windows(spec):
+    return open_dataset(spec, resolution=8, frames=4, mode="windows", clips_per_video=0, substitute=False)
 
+
+def _interrupted_encode_of_two_videos(tmp_path, monkeypatch):
+    """`many/a.avi`, `many/b.avi` under tmp_path (the working directory), an encode into `cache`
+    interrupted after its first batch; returns the dataset maker (spec -> windows dataset)."""
     monkeypatch.chdir(tmp_path)
     for name in ("a", "b"):
         write_coded(tmp_path / f"many/{name}.avi", 8)
-
-    def windows(spec):
-        return open_dataset(spec, resolution=8, frames=4, mode="windows", clips_per_video=0, substitute=False)
-
     with pytest.raises(KeyboardInterrupt):
-        encode_dataset(TinyTriplaneEncoder(fail_after=1), windows("videos:many"), "cache", autoencoder_id="ae",
+        encode_dataset(TinyTriplaneEncoder(fail_after=1), _windows("videos:many"), "cache", autoencoder_id="ae",
                        shard_size=2, batch_size=2, progress=False)
+    return _windows
+
+
+def test_resume_with_the_data_folder_spelled_differently(tmp_path, monkeypatch):
+    import shutil
+
+    windows = _interrupted_encode_of_two_videos(tmp_path, monkeypatch)
     resumed = TinyTriplaneEncoder()
     manifest = encode_dataset(resumed, windows(f"videos:{tmp_path}/./many/"), "cache", autoencoder_id="ae",
                               shard_size=2, batch_size=2, progress=False)
@@ -112,16 +119,7 @@ def test_resume_with_the_data_folder_spelled_differently(tmp_path, monkeypatch):
 def test_cache_from_before_resolved_paths_still_resumes(tmp_path, monkeypatch):
     import hashlib
 
-    monkeypatch.chdir(tmp_path)
-    for name in ("a", "b"):
-        write_coded(tmp_path / f"many/{name}.avi", 8)
-
-    def windows(spec):
-        return open_dataset(spec, resolution=8, frames=4, mode="windows", clips_per_video=0, substitute=False)
-
-    with pytest.raises(KeyboardInterrupt):
-        encode_dataset(TinyTriplaneEncoder(fail_after=1), windows("videos:many"), "cache", autoencoder_id="ae",
-                       shard_size=2, batch_size=2, progress=False)
+    windows = _interrupted_encode_of_two_videos(tmp_path, monkeypatch)
     # rewrite the manifest as the first cache format wrote it: identity over the paths as spelled
     manifest = read_manifest("cache")
     ds = windows("videos:many")
