@@ -12,18 +12,10 @@ import json
 import pathlib
 
 
-def check_device(device: str | None) -> None:
-    """ValueError for a device torch does not know or this machine lacks (before torch's own traceback)."""
-    from pvdm_fast.devices import resolve_device
-
-    resolve_device(device)
-
-
 def _context(device):
     from pvdm_fast.train import distributed as D
 
-    check_device(device)
-    return D, D.setup(device)
+    return D, D.setup(device)  # a bad --device is a ValueError there (pvdm_fast.devices)
 
 
 def _finish(result: dict, out: pathlib.Path, is_main: bool) -> None:

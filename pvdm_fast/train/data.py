@@ -7,7 +7,6 @@ straight to the next unseen batch (computed, not replayed: no clip is decoded tw
 from __future__ import annotations
 
 import os
-import signal
 from typing import Iterator
 
 import torch
@@ -32,24 +31,16 @@ class ResumableSampler(ShardedSampler):
             epoch, offset = epoch + 1, 0
 
 
-def _worker_init(_worker_id: int) -> None:
-    # Each worker decodes one clip at a time; a thread pool per worker would oversubscribe the cores.
-    torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group: the training process turns it into "save a checkpoint,
-    # then exit". data.loader's worker context ignores SIGINT already (from an earlier point); again
-    # here for any other context. SIGTERM is left alone: torch's loader shutdown, and
-    # multiprocessing at exit, terminate a stuck worker with it, and ignoring it hung the exit. A
-    # SIGTERM to the whole group (`kill -- -PGID`) ends the workers; the loop then saves anyway
-    # (a loader error after a stop request is not fatal, Trainer._next_batches).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def batch_stream(dataset, local_batch: int, *, rank: int, world_size: int, seed: int, skip: int,
                  num_workers: int, device: torch.device) -> Iterator[dict]:
     if num_workers < 0:
         num_workers = min(8, os.cpu_count() or 1)
     sampler = ResumableSampler(len(dataset), rank, world_size, seed, skip)
-    from pvdm_fast.data.loader import worker_context
+    # Workers use one thread each and ignore Ctrl-C (the training process turns it into "save, then
+    # exit"; data.loader.WorkerProcess). SIGTERM stays fatal to them: torch's shutdown and
+    # multiprocessing at exit end a stuck worker with it. After a group-wide SIGTERM the loop saves
+    # anyway (Trainer._next_batches).
+    from pvdm_fast.data.loader import _worker_init, worker_context
 
     # workers start from a clean forkserver: forking this (threaded) process can hang a worker
     extra = {"persistent_workers": True, "prefetch_factor": 2, "worker_init_fn": _worker_init,
