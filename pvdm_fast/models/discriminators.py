@@ -3,8 +3,9 @@
 The layout of the official GAN stage (inherited from TATS): a stride-2 conv + LeakyReLU(0.2), then
 `layers - 1` stride-2 conv + BatchNorm + LeakyReLU blocks doubling the width (capped at 8x), one
 stride-1 block, and a stride-1 conv to one logit per patch (convs feeding a BatchNorm have no bias); kernel 4 with padding 2 everywhere (so
-even a tiny input keeps a non-empty output). `forward` also returns every intermediate activation
-for the feature-matching loss. Under DDP, convert BatchNorm with `sync_batchnorm` so the statistics
+even a tiny input keeps a non-empty output). Initialised as officially (pix2pix's `weights_init`):
+conv weights N(0, 0.02), BatchNorm weights N(1, 0.02) and biases 0; conv biases keep torch's default.
+`forward` also returns every intermediate activation for the feature-matching loss. Under DDP, convert BatchNorm with `sync_batchnorm` so the statistics
 cover the global batch, as the official (SyncBatchNorm) runs do.
 """
 
@@ -44,6 +45,7 @@ class PatchDiscriminator(nn.Module):
             blocks.append(nn.Sequential(conv(prev, width, 4, stride, 2, bias=False), norm(width), nn.LeakyReLU(0.2, True)))
         blocks.append(nn.Sequential(conv(width, 1, 4, 1, 2)))
         self.blocks = nn.ModuleList(blocks)
+        self.apply(_official_init)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if x.ndim != self.dims + 2:
@@ -53,6 +55,15 @@ class PatchDiscriminator(nn.Module):
             x = block(x)
             features.append(x)
         return x, features[:-1]
+
+
+@torch.no_grad()
+def _official_init(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
 
 
 def sync_batchnorm(module: nn.Module) -> nn.Module:

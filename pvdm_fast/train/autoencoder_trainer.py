@@ -4,9 +4,10 @@ Reconstruction: 4 * L1 over the clip + 4 * LPIPS on one random frame per clip (L
 weights file; without one the perceptual term is off, with a warning, and nothing is downloaded).
 From `gan_start_step` on, the GAN stage adds the hinge generator loss (weight 1) of a 2D PatchGAN on
 that same frame and a 3D PatchGAN on the whole clip, plus feature matching (L1 between the
-discriminators' intermediate activations on the real and reconstructed input, averaged over layers,
-weight 4), and the discriminators take a hinge-loss step with gradients clipped to norm 1. Before
-that step they are neither run nor updated.
+discriminators' intermediate activations on the real and reconstructed input, summed over layers,
+weight 4), and the discriminators take a hinge-loss step with each one's gradients clipped to norm 1.
+Before that step they are neither run nor updated. The discriminators start from the official
+initialisation (see models/discriminators.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 
 def feature_matching(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
-    return sum(F.l1_loss(f, r.detach()) for f, r in zip(fake, real)) / max(len(fake), 1)
+    """L1 between intermediate activations, summed over the layers (as officially, not averaged)."""
+    return sum(F.l1_loss(f, r.detach()) for f, r in zip(fake, real))
 
 
 def pick_frames(video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -93,11 +95,14 @@ class AutoencoderTrainer(Trainer):
         self.disc_ddp = self.wrap(self.disc)
         d_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=tuple(tc.disc_betas), weight_decay=tc.weight_decay)
         self.d = self.make_part("disc", self.disc_ddp, d_opt, tc.disc_max_grad_norm)
+        # as officially, each discriminator's gradient is clipped on its own (the 3D one's is usually
+        # far larger: a joint norm would shrink the frame discriminator's step with it)
+        self.d.clip_groups = {"frame": list(self.disc.frame.parameters()), "clip": list(self.disc.clip.parameters())}
         self.lpips = load_lpips(tc.lpips_weights, dev) if tc.lpips_weight > 0 else None
         if tc.ema_decay > 0 and self.ctx.is_main:
             from pvdm_fast.train.ema import EMA
 
-            self.ema = EMA(self.model, tc.ema_decay, tc.ema_every)
+            self.ema = EMA(self.model, tc.ema_decay, tc.ema_every, tc.ema_warmup)
         self._preview = None
 
     def ema_module(self):

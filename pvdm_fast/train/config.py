@@ -33,6 +33,7 @@ class _Common:
     skip_nonfinite: bool = False        # False: a NaN/Inf loss stops the run, leaving the last checkpoint
     ema_decay: float = 0.0              # 0: no EMA copy
     ema_every: int = 1
+    ema_warmup: bool = True             # LitEma's decay min(ema_decay, (1+k)/(10+k)) at update k, as officially
     log_every: int = 10
     checkpoint_every: int = 1000
     sample_every: int = 0               # 0: no periodic samples / reconstructions

@@ -5,8 +5,8 @@ conditionally: then the target is the second T frames of a 2T-frame clip and the
 first T frames' latent (zeroed when those frames are padding); otherwise the target is a random
 T-frame window of the clip and the condition is zero. With `--latents` the pairs come from the cache
 (a clip's latent and the latent of the clip before it), so no encoder runs in the loop. AdamW with a
-linear warm-up that is applied (the official config names one but never applies it), EMA with the
-official decay 0.9999 every 25 steps by default.
+linear warm-up that is applied (the official config names one but never applies it), EMA as officially
+by default: every 25 steps, decay 0.9999 with LitEma's warm-up (see train/ema.py).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class DiffusionTrainer(Trainer):
         if tc.ema_decay > 0 and self.ctx.is_main:
             from pvdm_fast.train.ema import EMA
 
-            self.ema = EMA(self.model, tc.ema_decay, tc.ema_every)
+            self.ema = EMA(self.model, tc.ema_decay, tc.ema_every, tc.ema_warmup)
 
     def ema_module(self):
         return self.model

@@ -51,6 +51,7 @@ class Part:
     max_grad_norm: float = 0.0
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
+    clip_groups: dict[str, list[nn.Parameter]] | None = None  # clipped separately, each to max_grad_norm
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -259,8 +260,9 @@ class Trainer:
         if part.scaler is not None:
             part.scaler.unscale_(part.optimizer)
         if part.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(part.params, part.max_grad_norm)
-            metrics[f"{part.name}/grad_norm"] = float(norm)
+            for group, params in (part.clip_groups or {"": part.params}).items():
+                norm = torch.nn.utils.clip_grad_norm_(params, part.max_grad_norm)
+                metrics[f"{part.name}/grad_norm{'_' + group if group else ''}"] = float(norm)
         if part.scaler is not None:
             part.scaler.step(part.optimizer)
             part.scaler.update()
@@ -287,6 +289,7 @@ class Trainer:
             "schedulers": {k: p.scheduler.state_dict() for k, p in self.parts.items() if p.scheduler is not None},
             "scalers": {k: p.scaler.state_dict() for k, p in self.parts.items() if p.scaler is not None},
             "rng": rng_states,
+            "ema_updates": None if self.ema is None else self.ema.updates,
             "data": {"samples_per_rank": self.step * self.tc.grad_accum * self.local_batch,
                      "world_size": self.ctx.world_size},
         }
@@ -333,12 +336,21 @@ class Trainer:
             self._apply_hyperparameters(p, configured)
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        if self.ema is not None:
+            self.ema.updates = self._ema_updates(state)
         if state["world_size"] == self.ctx.world_size:
             rng.restore(state["rng"][self.ctx.rank])
         elif self.ctx.is_main:
             print(f"resuming a {state['world_size']}-process run on {self.ctx.world_size} processes: "
                   "the data order and global RNG streams differ from an uninterrupted run")
         self.last_checkpoint = checkpoint.dir
+
+    def _ema_updates(self, state: dict) -> int:
+        """The EMA warm-up's position: saved by this version; None when the run had no EMA (it starts
+        now, from the loaded weights); a checkpoint of an older version updated every ema_every steps."""
+        if "ema_updates" not in state:
+            return self.step // self.ema.every
+        return int(state["ema_updates"] or 0)
 
     def _apply_hyperparameters(self, part: Part, configured: list[dict]) -> None:
         """The run's config wins over the checkpoint's optimizer state: a resume with `lr=`, `disc_lr=`,

@@ -52,6 +52,32 @@ def test_discriminators_idle_before_gan_start(tmp_path, tiny_config):
     assert "disc/loss" in more.history[-1] and "ae/g_adv" in more.history[-1]
 
 
+def test_each_discriminator_is_clipped_on_its_own(tmp_path, tiny_config):
+    """As officially (clip_grad_norm_ per discriminator): with a tiny max norm both the frame and the
+    clip discriminator step with gradient norm exactly max norm; one joint norm would leave each below."""
+    trainer = _ae(tiny_config, tmp_path / "run", gan_start_step=0, total_clips=8, disc_max_grad_norm=1e-4)
+    norms = []
+    original_build = trainer.build
+
+    def build():
+        original_build()
+        step = trainer.d.optimizer.step
+
+        def recording_step(*args, **kwargs):
+            norms.append([torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.parameters()])).item()
+                          for m in (trainer.disc.frame, trainer.disc.clip)])
+            return step(*args, **kwargs)
+
+        trainer.d.optimizer.step = recording_step
+
+    trainer.build = build
+    trainer.run()
+    assert len(norms) == 2
+    for frame, clip in norms:
+        assert frame == pytest.approx(1e-4, rel=1e-3) and clip == pytest.approx(1e-4, rel=1e-3)
+    assert trainer.history[-1]["disc/grad_norm_frame"] > 1e-4 and trainer.history[-1]["disc/grad_norm_clip"] > 1e-4
+
+
 def _poison_at(trainer, step):
     original_build = trainer.build
 
@@ -145,6 +171,8 @@ def test_warmup_scales_the_first_updates(tmp_path, tiny_config, tiny_autoencoder
 
 
 def test_ema_follows_its_interval(tmp_path, tiny_config, tiny_autoencoder):
+    """Updates every ema_every steps with LitEma's warm-up decay min(ema_decay, (1+k)/(10+k)) at update
+    k, k counted across resumes (it lives in the training state)."""
     trainer = _dm(tiny_config, tmp_path / "run", tiny_autoencoder, ema_decay=0.5, ema_every=3, total_clips=8)
     original_build = trainer.build
 
@@ -158,14 +186,21 @@ def test_ema_follows_its_interval(tmp_path, tiny_config, tiny_autoencoder):
     assert all(torch.equal(ema2[k], v) for k, v in trainer.initial.items())
     more = _dm(tiny_config, tmp_path / "run", tiny_autoencoder, ema_decay=0.5, ema_every=3, total_clips=12)
     more.resume = True
-    more.run()  # step 3: one average, decay 0.5, of the initial weights and the weights after step 3
-    ema3 = more.ema.state_dict()
+    more.run()  # step 3: update 1, decay 2/11, of the initial weights and the weights after step 3
+    ema3 = {k: v.clone() for k, v in more.ema.state_dict().items()}
     moved = False
     for k, v in more.model.state_dict().items():
         if v.is_floating_point():
-            assert torch.allclose(ema3[k], 0.5 * trainer.initial[k] + 0.5 * v, atol=1e-6), k
+            assert torch.allclose(ema3[k], 2 / 11 * trainer.initial[k] + 9 / 11 * v, atol=1e-6), k
             moved |= not torch.equal(v, trainer.initial[k])
     assert moved
+    last = _dm(tiny_config, tmp_path / "run", tiny_autoencoder, ema_decay=0.5, ema_every=3, total_clips=24)
+    last.resume = True
+    last.run()  # step 6: update 2 (not 1 again), decay 3/12
+    assert last.ema.updates == 2
+    for k, v in last.model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(last.ema.state_dict()[k], 0.25 * ema3[k] + 0.75 * v, atol=1e-6), k
 
 
 def test_lpips_term_from_a_user_file_or_off_with_a_warning(tmp_path, tiny_config):
