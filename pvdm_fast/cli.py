@@ -66,11 +66,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     # The data settings the autoencoder was trained on (trainers store them; converted files do not).
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     stride = args.stride if args.stride is not None else int(data.get("frame_stride", 1))
+    antialias = args.antialias if args.antialias is not None else bool(data.get("antialias", True))
     manifest = encode_to_cache(
         model, args.data, args.out, autoencoder_id=file_sha256(args.autoencoder), autoencoder_config=ae_config,
         resolution=data.get("resolution", ae_config["resolution"]), frames=ae_config["frames"], stride=stride,
         offsets=tuple(args.offsets), clips_per_video=args.clips_per_video, split=args.split, fold=args.fold,
-        batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
+        antialias=antialias, batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
         store_dtype=getattr(torch, args.store_dtype), num_workers=args.workers)
     print(f"{manifest['count']} latents in {len(manifest['shards'])} shards at {args.out}"
           + (f" ({len(manifest['failed'])} clips unreadable)" if manifest["failed"] else ""))
@@ -84,6 +85,8 @@ def _add_encode(sub) -> None:
     p.add_argument("--out", required=True, help="cache folder (an interrupted run resumes there)")
     p.add_argument("--stride", type=int, default=None,
                    help="frame stride inside a clip (default: the file's data.frame_stride, else 1)")
+    p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=None,
+                   help="antialiased resize (default: as the autoencoder was trained, data.antialias, else on)")
     p.add_argument("--offsets", type=int, nargs="+", default=[0],
                    help="start offsets of the window tilings, each in [0, frames*stride)")
     p.add_argument("--clips-per-video", type=int, default=0, help="at most this many clips per video (0: all)")

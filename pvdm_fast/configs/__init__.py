@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 import pathlib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 PRESET_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -22,6 +22,10 @@ class DataConfig:
     resolution: int = 256       # square side of the clips fed to the autoencoder
     frames: int = 16            # frames per clip (the diffusion model sees 2x this when conditioned)
     frame_stride: int = 1       # take every n-th frame of the source video
+    split: Optional[str] = None # training videos: None = the format's default (ucf101 all, sky train);
+                                #   the official UCF-101 runs trained on ucf101 split train, fold 1
+    fold: int = 1               # ucf101 split fold (1-3)
+    antialias: bool = True      # antialiased resize; false: the official plain bilinear
 
 
 # section -> (module, class); imported lazily so `pvdm_fast.configs` stays light

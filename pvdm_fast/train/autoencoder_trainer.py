@@ -113,6 +113,7 @@ class AutoencoderTrainer(Trainer):
 
         d = self.cfg.data
         return open_dataset(self.data_spec, resolution=d.resolution, frames=d.frames, stride=d.frame_stride,
+                            split=d.split, fold=d.fold, antialias=d.antialias,
                             mode="train", seed=self.tc.data_seed)
 
     @property
@@ -185,7 +186,7 @@ class AutoencoderTrainer(Trainer):
 
         d = OmegaConf.to_container(self.cfg.data, resolve=True)
         return {"autoencoder": asdict(self.ae_config),
-                "data": {k: d[k] for k in ("resolution", "frames", "frame_stride") if k in d}}
+                "data": {k: d[k] for k in ("resolution", "frames", "frame_stride", "antialias") if k in d}}
 
     def weights(self) -> dict[str, Weights]:
         out = {"autoencoder": Weights(self.model.state_dict(), "autoencoder", self._file_config()),

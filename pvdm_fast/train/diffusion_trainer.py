@@ -107,13 +107,15 @@ class DiffusionTrainer(Trainer):
 
         d = self.cfg.data
         return open_dataset(self.data_spec, resolution=d.resolution, frames=d.frames, stride=d.frame_stride,
+                            split=d.split, fold=d.fold, antialias=d.antialias,
                             cond=True, mode="train", seed=self.tc.data_seed)
 
     def _check_cache_data(self, cached: dict) -> None:
-        """The clips a latent cache was cut with (stride, resolution, frames) must be the run's data.*:
+        """The clips a latent cache was cut with (stride, resolution, frames, antialias) must be the run's data.*:
         the same latent grid with another stride trains a model of a different frame rate."""
         d = self.cfg.data
-        for cache_key, key in (("stride", "frame_stride"), ("resolution", "resolution"), ("frames", "frames")):
+        for cache_key, key in (("stride", "frame_stride"), ("resolution", "resolution"), ("frames", "frames"),
+                               ("antialias", "antialias")):
             if cache_key not in cached:
                 continue
             have, want = cached[cache_key], d.get(key)
@@ -131,8 +133,10 @@ class DiffusionTrainer(Trainer):
 
     def latents_of(self, batch: dict, conditioned: torch.Tensor, prefix: torch.Tensor):
         """(x, cond, cond_valid) latents of a micro-batch; `conditioned`/`prefix` are this rank's rows."""
-        if "latent" in batch:
-            return batch["latent"].float(), batch["cond"].float(), batch["cond_valid"]
+        if "latent" in batch:  # a latent cache: the coin and prefix pick among the cached windows
+            from pvdm_fast.data.latent_pairs import cache_targets
+
+            return cache_targets(batch, conditioned, prefix, int(self.unet_config.frames))
         video, valid = batch["video"], batch["cond_valid"].to(self.ctx.device)
         frames = video.shape[2] // 2
         cond_on = conditioned.to(self.ctx.device) & valid

@@ -37,6 +37,19 @@ RUN_INFO = "run.json"
 CONFIG_FILE = "config.yaml"
 
 
+def _with_defaults(section: str, saved):
+    """A checkpoint's config section with the keys it predates (added since) at their defaults: an older
+    run behaved as the default does, so it still resumes unchanged."""
+    if not isinstance(saved, dict):
+        return saved
+    import dataclasses
+
+    from pvdm_fast.configs import section_class
+
+    defaults = json.loads(json.dumps(dataclasses.asdict(section_class(section)())))
+    return {**defaults, **saved}
+
+
 class NonFiniteLossError(RuntimeError):
     """A NaN/Inf loss stopped training; the message says where the last good checkpoint is."""
 
@@ -320,7 +333,9 @@ class Trainer:
         # Through JSON so that tuples from the dataclasses compare equal to the lists in the manifest.
         mine = json.loads(json.dumps(self._model_config()))
         for key, value in mine.items():
-            if key in saved and saved[key] != value and key in ("autoencoder", "unet", "diffusion", "data"):
+            if key not in ("autoencoder", "unet", "diffusion", "data") or key not in saved:
+                continue
+            if _with_defaults(key, saved[key]) != value:
                 raise ValueError(f"checkpoint {checkpoint.dir} was trained with a different `{key}` config "
                                  f"({saved[key]} vs {value}); resume with the run's own config")
         self.load_weights(checkpoint)
