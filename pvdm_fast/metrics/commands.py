@@ -44,7 +44,8 @@ def _cmd_distance(args: argparse.Namespace) -> int:
         result = evaluate_fvd(real=args.real, fake=args.fake, i3d=args.i3d, num=_num(args.num), frames=args.frames,
                               stride=args.stride, resolution=args.resolution, batch_size=args.batch_size,
                               seed=args.seed, split=args.split, fold=args.fold, workers=args.workers,
-                              stats_cache=args.stats_cache, device=ctx.device, kvd=kvd, progress=not args.quiet)
+                              stats_cache=args.stats_cache, device=ctx.device, kvd=kvd, progress=not args.quiet,
+                              sample_stride=args.sample_stride)
         if args.metric == "kvd":
             result = {k: result[k] for k in ("kvd", "kvd_std", "subset_size", "num_subsets", "fvd", "protocol")}
         default = pathlib.Path(args.fake) / f"{args.metric}{args.frames}.json"
@@ -114,6 +115,9 @@ def add_eval(sub) -> None:
         _common(c, "videos per side (0: every generated video)")
         _data_options(c)
         c.add_argument("--resolution", type=int, default=256, help="real clips are resized to this (the samples')")
+        c.add_argument("--sample-stride", type=int, default=None,
+                       help="frame stride inside the generated videos (default: --stride); 1 for a model trained "
+                            "at data.frame_stride = --stride, whose samples are already strided")
         c.add_argument("--stats-cache", default=None,
                        help="real statistics .npz: reused when its protocol matches, written otherwise")
         if metric == "kvd":

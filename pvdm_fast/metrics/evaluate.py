@@ -121,7 +121,7 @@ def fake_features(fake, extract, *, num, frames, stride, batch_size, progress,
 def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 16, stride: int = 1,
                  resolution: int = 256, batch_size: int = 8, seed: int = 0, split=None, fold: int = 1,
                  workers: int = 0, stats_cache=None, device="cpu", kvd: dict | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, sample_stride: int | None = None) -> dict:
     """FVD (and KVD when `kvd` holds its options) of the videos in `fake` against `real`.
 
     Every option, the I3D's minimum clip length, the generated videos' resolution against the real
@@ -131,7 +131,12 @@ def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 
     from pvdm_fast.metrics.kvd import kernel_distance
 
     _check_num(num)
-    check_positive(frames=frames, stride=stride, batch_size=batch_size, resolution=resolution)
+    check_positive(frames=frames, stride=stride, batch_size=batch_size, resolution=resolution,
+                   sample_stride=sample_stride)
+    # Real clips are cut at `stride`; generated videos are read at `sample_stride` (default: the same). A model
+    # trained at frame_stride k already emits consecutive frames k apart: evaluate it with --stride k
+    # --sample-stride 1.
+    sample_stride = stride if sample_stride is None else sample_stride
     _check_workers(workers)
     if kvd is not None:
         check_positive(subsets=kvd.get("num_subsets"))
@@ -146,7 +151,7 @@ def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 
     num = available if num is None else num
     if num > available:
         raise ValueError(f"{fake} holds {available} videos, fewer than the {num} requested (lower --num)")
-    size = sample_size(fake, frames, stride)
+    size = sample_size(fake, frames, sample_stride)
     if not from_stats:
         _check_real_size(size, fake, resolution, f"the real clips are resized to {resolution}x{resolution} "
                          f"(--resolution {resolution})", f"pass --resolution {size[0]}")
@@ -160,7 +165,7 @@ def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 
         _check_real_size(size, fake, r, f"the statistics in {real} are of {r}x{r} real clips",
                          f"evaluate samples of {r}x{r}, or recompute the statistics with --real FORMAT:PATH "
                          f"--resolution {size[0]} --stats-cache FILE")
-    fake_stats, fake_protocol = fake_features(fake, extract, num=num, frames=frames, stride=stride,
+    fake_stats, fake_protocol = fake_features(fake, extract, num=num, frames=frames, stride=sample_stride,
                                               batch_size=batch_size, progress=progress, size=size)
     result = {"fvd": frechet_distance_from_stats(mean, cov, fake_stats.mean, fake_stats.cov)}
     if kvd is not None:

@@ -43,6 +43,8 @@ def frechet_distance_from_stats(mean_a, cov_a, mean_b, cov_b) -> float:
     if mu_a.shape != mu_b.shape or s_a.shape != s_b.shape or s_a.shape != (mu_a.numel(), mu_a.numel()):
         raise ValueError(f"feature statistics do not match: means {tuple(mu_a.shape)} / {tuple(mu_b.shape)}, "
                          f"covariances {tuple(s_a.shape)} / {tuple(s_b.shape)}")
+    if not all(bool(torch.isfinite(t).all()) for t in (mu_a, mu_b, s_a, s_b)):
+        raise ValueError("feature statistics hold NaN or inf (broken network weights or inputs); recompute them")
     d = (mu_a - mu_b).pow(2).sum() + torch.trace(s_a) + torch.trace(s_b) - 2 * trace_sqrt_product(s_a, s_b)
     return float(d)
 

@@ -18,7 +18,7 @@ def inception_score(probs, splits: int = 10, shuffle_seed: int | None = 42) -> t
         raise ValueError(f"probabilities must be (N, classes), got {p.shape}")
     if not 1 <= splits <= p.shape[0]:
         raise ValueError(f"splits must be in [1, N={p.shape[0]}], got {splits}")
-    if (p < 0).any() or np.abs(p.sum(1) - 1).max() > 1e-3:
+    if not np.isfinite(p).all() or (p < 0).any() or np.abs(p.sum(1) - 1).max() > 1e-3:
         raise ValueError("inputs are not class probabilities (rows must be non-negative and sum to 1)")
     if shuffle_seed is not None:
         np.random.RandomState(shuffle_seed).shuffle(p)

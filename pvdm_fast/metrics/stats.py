@@ -36,6 +36,10 @@ class FeatureStats:
             raise ValueError(f"features must be (N, D), got {x.shape}")
         if x.shape[0] == 0:
             return
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).any(1).sum())
+            raise ValueError(f"{bad} of {x.shape[0]} feature vectors hold NaN or inf: the network's weights or its "
+                             "input are broken (FVD / KVD / IS would be NaN or fail in the eigen-solver)")
         if self.mean is not None and x.shape[1] != self.mean.shape[0]:
             raise ValueError(f"feature width changed from {self.mean.shape[0]} to {x.shape[1]}")
         mean = x.mean(0)

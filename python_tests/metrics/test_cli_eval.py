@@ -249,3 +249,26 @@ def test_every_eval_option_survives_torchruns_parser():
         assert args.num == 8, name
     with pytest.raises(SystemExit):  # the plain spelling really is refused there
         run.get_args_parser().parse_args(["--nproc_per_node=2", "-m", "pvdm_fast.cli", "eval", "is", "--num", "8"])
+
+
+def test_sample_stride_for_a_model_trained_on_strided_clips(files, tmp_path, capsys):
+    """A model trained at data.frame_stride 2 emits frames already 2 apart: the real clips are cut at
+    --stride 2 and the samples read consecutively (--sample-stride 1). Real strided clips saved as such
+    samples then give FVD ~0; reading them at stride 2 as well (the only option before) is refused."""
+    from pvdm_fast.metrics.features import iter_dataset_batches
+
+    fake = tmp_path / "strided"
+    fake.mkdir()
+    batches = iter_dataset_batches("synthetic:3", num=2, frames=FRAMES, stride=2, resolution=32, batch_size=2, seed=0)
+    for i, video in enumerate(v for b in batches for v in b):
+        np.savez(fake / f"video_{i:06d}.npz", video=video)
+    common = ["--real", "synthetic:3", "--resolution", "32", "--fake", str(fake), "--i3d", str(files / "i3d.pt"),
+              "--num", "2", "--frames", str(FRAMES), "--batch-size", "2", "--stride", "2"]
+    assert _run("fvd", *common, "--sample-stride", "1") == 0
+    result = json.loads((fake / f"fvd{FRAMES}.json").read_text())
+    assert abs(result["fvd"]) < 1e-6
+    assert result["protocol"]["generated"]["stride"] == 1 and result["protocol"]["real"]["stride"] == 2
+    capsys.readouterr()
+    assert _run("fvd", *common) == 2  # samples read at stride 2 too: 9 frames are not enough
+    assert "at stride 2 need" in capsys.readouterr().err
+    assert _run("fvd", *common, "--sample-stride", "0") == 2

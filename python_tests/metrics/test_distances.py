@@ -112,3 +112,24 @@ def test_kvd_known_distributions():
     assert kernel_distance(a[:50], b, num_subsets=2)["subset_size"] == 50
     with pytest.raises(ValueError, match="same D"):
         kernel_distance(a, b[:, :3])
+
+
+def test_non_finite_features_are_refused_by_name():
+    """Broken weights or inputs give NaN/inf features: a clear ValueError, not NaN metrics or an eigen-solver
+    failure. Statistics, the Fréchet distance and the inception score each check."""
+    from pvdm_fast.metrics.inception_score import inception_score
+    from pvdm_fast.metrics.stats import FeatureStats
+
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match="1 of 6 feature vectors hold NaN or inf"):
+        FeatureStats().update(x)
+    mean, cov = torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    bad = cov.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        frechet_distance_from_stats(mean, cov, mean, bad)
+    p = np.full((10, 5), 0.2)
+    p[3] = np.nan
+    with pytest.raises(ValueError, match="not class probabilities"):
+        inception_score(p, splits=2)
