@@ -88,7 +88,8 @@ def _add_encode(sub) -> None:
     p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=None,
                    help="antialiased resize (default: as the autoencoder was trained, data.antialias, else on)")
     p.add_argument("--offsets", type=int, nargs="+", default=[0],
-                   help="start offsets of the window tilings, each in [0, frames*stride)")
+                   help="start offsets of the window tilings, each in [0, frames*stride); more offsets give "
+                        "diffusion training more distinct clips (e.g. 0 4 8 12 for 16 frames; 4x the work)")
     p.add_argument("--clips-per-video", type=int, default=0, help="at most this many clips per video (0: all)")
     p.add_argument("--split", default=None, help="ucf101: all/train/test; sky: train/test")
     p.add_argument("--fold", type=int, default=1)

@@ -5,9 +5,13 @@ Layout of a cache folder:
   shard-00000.safetensors  latent (n, 4, L), video (n,) int64, start (n,) int64
 Shard k holds the clips [k * shard_size, (k + 1) * shard_size) of the dataset (minus unreadable ones).
 A shard and then the manifest are written atomically after each shard, so an interrupted run resumes
-at the first missing shard. Diffusion training reads pairs: a clip's latent and the latent of the clip
-right before it in the same video (hop = frames * stride), or zeros when there is none; that is the
-official joint conditional training, whose condition is the first half of a 2T-frame clip.
+at the first missing shard. Each video's windows tile it from each encoded offset (`pvdm encode
+--offsets`, default 0) every hop = frames * stride frames. Diffusion training (LatentDataset) draws
+each video once per epoch and one of its pairs of windows hop frames apart: cur given prev is the
+official conditional example (the last T frames of a 2T-frame clip given the first T), and the
+unconditional target is the cached window nearest the official random prefix (data/latent_pairs.py).
+What remains different from the official sampling: clip starts are limited to the encoded offsets
+(officially any frame); `--offsets 0 4 8 12` (T=16) gives 4 times the starts for 4 times the encoding.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import os
 import pathlib
 from typing import Any
 
+import numpy as np
 import torch
 
 from pvdm_fast._atomic import atomic_write
+from pvdm_fast.data.latent_pairs import build_pair_index
 from pvdm_fast.data.sources import SyntheticVideo
 from pvdm_fast.data.specs import FORMATS
 from pvdm_fast.devices import resolve_device
@@ -205,16 +211,24 @@ def _save_shard(path: pathlib.Path, tensors: dict, store_dtype: torch.dtype) -> 
 
 
 class LatentDataset(torch.utils.data.Dataset):
-    """Cached latents as training pairs. `dataset[i]` (or `[(i, epoch)]`) returns a dict:
-      latent (4, L) float32: clip i; cond (4, L) float32: the clip `hop` frames earlier in the same
-      video, or zeros; cond_valid: bool; index: int.
+    """Cached latents as diffusion training examples, one item per video (as officially, every video is
+    drawn once per epoch whatever its length). `dataset[(i, epoch)]` (or `[i]`, epoch 0) picks one of
+    video i's choices uniformly, from (seed, epoch, i) only (see data/latent_pairs.py), and returns:
+      latent (4, L) float32: cur, the conditional target; cond (4, L) float32: prev, the window `hop`
+      frames before cur, or zeros; cond_valid: bool, False for a video without a pair;
+      between (K-2, 4, L) float32, between_at (K-2,) float32, between_valid (K-2,) bool: the cached
+      windows between prev and cur (starts as fractions of hop; K - 2 = offsets per hop - 1, 0 for a
+      cache of one offset), candidates of the unconditional target with cond and latent;
+      index, video, start: int (item, the video's number in the cache, cur's start frame).
+    `cache_targets` turns a batch of them into the step's (x, cond, cond_valid).
     Shards are memory-mapped (safetensors) and opened lazily in each worker process.
     `autoencoder_id` (the checkpoint's sha256) refuses a cache built by another autoencoder."""
 
-    def __init__(self, cache_dir: str | os.PathLike, autoencoder_id: str | None = None):
+    def __init__(self, cache_dir: str | os.PathLike, autoencoder_id: str | None = None, *, seed: int = 0):
         from safetensors import safe_open
 
         self.dir = pathlib.Path(cache_dir)
+        self.seed = seed
         self.manifest = read_manifest(self.dir)
         built_by = self.manifest["autoencoder"]["sha256"]
         if autoencoder_id is not None and autoencoder_id != built_by:
@@ -224,21 +238,19 @@ class LatentDataset(torch.utils.data.Dataset):
             raise ValueError(f"latent cache {self.dir} is incomplete (an interrupted `pvdm encode`); "
                              "run the same command again to finish it")
         self.rows: list[tuple[int, int]] = []  # (shard position, row)
-        keys: list[tuple[int, int]] = []
+        self.keys: list[tuple[int, int]] = []  # (video, start) of each row
         for pos, shard in enumerate(self.manifest["shards"]):
             with safe_open(str(self.dir / shard["file"]), framework="pt") as f:
                 videos, starts = f.get_tensor("video").tolist(), f.get_tensor("start").tolist()
             self.rows += [(pos, r) for r in range(len(videos))]
-            keys += list(zip(videos, starts))
+            self.keys += list(zip(videos, starts))
         if not self.rows:
             raise ValueError(f"latent cache {self.dir} holds no latents")
-        where = {key: i for i, key in enumerate(keys)}
-        hop = self.manifest["hop"]
-        self.cond_of = [where.get((v, s - hop), -1) for v, s in keys]
+        self.pairs = build_pair_index(self.keys, self.manifest["hop"])
         self._handles: dict[int, Any] = {}
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.pairs.videos)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -255,20 +267,35 @@ class LatentDataset(torch.utils.data.Dataset):
             self._handles[pos] = safe_open(str(self.dir / self.manifest["shards"][pos]["file"]), framework="pt")
         return self._handles[pos].get_slice("latent")[row:row + 1][0].float()
 
-    def tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(latents (N, 4, L) in the stored dtype, cond_index (N,) int64 with -1 for "no condition"):
-        the whole cache at once, for trainers that gather batches on the GPU without a DataLoader."""
+    def choice(self, index: int, epoch: int = 0) -> int:
+        """The choice (a row of `pairs.rows`) item `index` takes in `epoch`: uniform over the video's."""
+        draw = np.random.default_rng([self.seed, epoch, index]).integers(0, self.pairs.count[index])
+        return int(self.pairs.first[index] + draw)
+
+    def tensors(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The whole cache at once, for trainers that gather batches on the GPU without a DataLoader:
+        latents (N, 4, L) in the stored dtype, and the PairIndex tables (first, count per item; rows,
+        at per choice). Item i's example in an epoch is choice `choice(i, epoch)` (or any uniform draw
+        from first[i] + [0, count[i])): latents[rows[c]] with rows[c] < 0 meaning zeros."""
         from safetensors.torch import load_file
 
         latents = torch.cat([load_file(str(self.dir / s["file"]))["latent"] for s in self.manifest["shards"]])
-        return latents.to(device), torch.tensor(self.cond_of, dtype=torch.int64, device=device)
+        p = self.pairs
+        tables = {"first": p.first, "count": p.count, "rows": p.rows, "at": p.at}
+        return {"latents": latents.to(device), **{k: torch.from_numpy(v).to(device) for k, v in tables.items()}}
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index = key[0] if isinstance(key, tuple) else key
-        latent = self._row(index)
-        c = self.cond_of[index]
-        cond = self._row(c) if c >= 0 else torch.zeros_like(latent)
-        return {"latent": latent, "cond": cond, "cond_valid": c >= 0, "index": index}
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range for {len(self)} videos")
+        c = self.choice(index, epoch)
+        rows, at = self.pairs.rows[c].tolist(), torch.from_numpy(self.pairs.at[c])
+        cur = self._row(rows[-1])
+        windows = [self._row(r) if r >= 0 else torch.zeros_like(cur) for r in rows[:-1]]
+        between = torch.stack(windows[1:]) if len(windows) > 1 else cur.new_zeros((0, *cur.shape))
+        return {"latent": cur, "cond": windows[0], "cond_valid": rows[0] >= 0, "between": between,
+                "between_at": at[1:-1], "between_valid": torch.tensor([r >= 0 for r in rows[1:-1]], dtype=torch.bool),
+                "index": index, "video": self.keys[rows[-1]][0], "start": self.keys[rows[-1]][1]}
 
 
 def encode_to_cache(autoencoder: torch.nn.Module, spec: str, out_dir: str | os.PathLike, *, autoencoder_id: str,

@@ -3,8 +3,10 @@
 Each step a coin (per batch as officially, from the step generator) decides whether the batch trains
 conditionally: then the target is the second T frames of a 2T-frame clip and the condition the
 first T frames' latent (zeroed when those frames are padding); otherwise the target is a random
-T-frame window of the clip and the condition is zero. With `--latents` the pairs come from the cache
-(a clip's latent and the latent of the clip before it), so no encoder runs in the loop. AdamW with a
+T-frame window of the clip and the condition is zero. With `--latents` the examples come from the
+cache, so no encoder runs in the loop: each video once per epoch, one of its pairs of windows (cur and
+the window before it) with the cached window nearest the random window as unconditional target
+(data/latent_pairs.py; window starts are limited to the offsets `pvdm encode` cached). AdamW with a
 linear warm-up that is applied (the official config names one but never applies it), EMA as officially
 by default: every 25 steps, decay 0.9999 with LitEma's warm-up (see train/ema.py).
 """
@@ -96,7 +98,7 @@ class DiffusionTrainer(Trainer):
         if self.latents_dir is not None:
             from pvdm_fast.data.latents import LatentDataset, file_sha256
 
-            data = LatentDataset(self.latents_dir, autoencoder_id=file_sha256(self.ae_path))
+            data = LatentDataset(self.latents_dir, autoencoder_id=file_sha256(self.ae_path), seed=self.tc.data_seed)
             expected = (int(self.unet_config.in_channels), int(self.unet_config.latent_length))
             if tuple(data.latent_shape) != expected:
                 raise ValueError(f"latents in {self.latents_dir} have shape {data.latent_shape}, the unet expects "

@@ -92,12 +92,16 @@ def test_encode_cli_builds_a_cache_for_the_autoencoder(tmp_path, capsys):
     assert main(args) == 0
     assert "latents in 1 shards" in capsys.readouterr().out
     cache = LatentDataset(tmp_path / "cache", autoencoder_id=file_sha256(tmp_path / "ae.safetensors"))
-    assert len(cache) == 2 * 2  # synthetic videos hold two clips' worth of frames
+    # synthetic videos hold two clips' worth of frames: one item per video, its pair of windows
+    assert len(cache) == 2 and len(cache.keys) == 2 * 2
     from pvdm_fast.data.dataset import open_dataset
 
-    clip = open_dataset("synthetic:2", resolution=16, frames=4, mode="windows", clips_per_video=0)[0]["video"]
+    clips = open_dataset("synthetic:2", resolution=16, frames=4, mode="windows", clips_per_video=0)
     with torch.no_grad():
-        torch.testing.assert_close(cache[0]["latent"], model.eval().encode(clip[None])[0], rtol=0, atol=1e-5)
+        first, second = (model.eval().encode(clips[i]["video"][None])[0] for i in (0, 1))
+    assert cache[0]["cond_valid"]
+    torch.testing.assert_close(cache[0]["cond"], first, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cache[0]["latent"], second, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -52,6 +52,32 @@ def test_diffusion_resume_is_exact(tmp_path, tiny_config, tiny_autoencoder):
     assert (tmp_path / "split" / "diffusion.safetensors").is_file()
 
 
+def test_diffusion_resume_on_a_latent_cache_is_exact(tmp_path, tiny_config, tiny_autoencoder):
+    # 6 videos of 16 frames encoded at offsets 0 and 2 (hop 4): 5 pairs per video, one window between
+    # each, so the resumed half must redraw the same pairs (epoch 1 starts mid-run) and targets.
+    from pvdm_fast.data.dataset import open_dataset
+    from pvdm_fast.data.latents import encode_dataset, file_sha256
+    from pvdm_fast.pipeline import load_autoencoder
+
+    clips = open_dataset("synthetic:6", resolution=16, frames=4, mode="windows", offsets=(0, 2), clips_per_video=0,
+                         substitute=False, synthetic_frames=16)
+    encode_dataset(load_autoencoder(tiny_autoencoder), clips, tmp_path / "lat", device="cpu", progress=False,
+                   autoencoder_id=file_sha256(tiny_autoencoder))
+    cfg = tiny_config()
+    names = ["unet", "ema"]
+    common = dict(config=str(cfg), latents=str(tmp_path / "lat"), autoencoder=str(tiny_autoencoder), progress=False)
+    train("diffusion", out=str(tmp_path / "straight"), **common)
+    train("diffusion", out=str(tmp_path / "split"), overrides=["total_clips=8"], **common)
+    train("diffusion", resume=str(tmp_path / "split"), progress=False, overrides=["total_clips=16"])
+    step_a, a = _weights(tmp_path / "straight", names)
+    step_b, b = _weights(tmp_path / "split", names)
+    assert step_a == step_b == 4
+    _assert_same(a, b)
+    # every video has a pair: a conditional step conditions every clip, as the official 2T clips do
+    conditioned = _logged(tmp_path / "straight", "unet/conditioned")
+    assert set(conditioned.values()) <= {0.0, 1.0} and 1.0 in conditioned.values(), conditioned
+
+
 def _logged(run_dir, key):
     from pvdm_fast.train.logging import read_metrics
 
