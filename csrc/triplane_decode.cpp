@@ -30,7 +30,8 @@ static TriplaneParams plane_params(const TriplaneArgs& a, const char* op) {
   check_tensor(op, "p_yt", a.p_yt, p.dtype, {B, T, W, C});
   check_tensor(op, "p_xt", a.p_xt, p.dtype, {B, T, H, C});
   if (a.gamma.present) check_tensor(op, "gamma", a.gamma, kFloat32, {C});
-  if (B * T * H * W > (int64_t(1) << 40)) fail("the token volume is too large");
+  if (B * T * H * W > (int64_t(1) << 40) || (B * T * H * W + kTriWarps - 1) / kTriWarps > 0x7fffffffLL)
+    fail("the token volume is too large for one launch grid");
   p.p_xy = tensor_ptr<const void>(a.p_xy);
   p.p_yt = tensor_ptr<const void>(a.p_yt);
   p.p_xt = tensor_ptr<const void>(a.p_xt);

@@ -6,16 +6,27 @@
 
 namespace pvdm {
 
+// Floats of one shared sum row: the channels rounded up to whole warps of VEC-wide slices.
+__host__ __device__ __forceinline__ int64_t axis_sum_row(int64_t C, int VEC) {
+  return (C / VEC + 31) / 32 * 32 * VEC;
+}
+
+// Where channel slot (lane, i, k) lives in a shared sum row: lane-major, so that the 32 lanes of one
+// atomic add touch 32 consecutive words (channel order would put them VEC words apart: 8-way conflicts).
+__device__ __forceinline__ int64_t axis_sum_slot(int lane, int i, int k, int VEC) {
+  return (static_cast<int64_t>(i) * VEC + k) * 32 + lane;
+}
+
 template <typename T, int VEC, bool NORM>
 __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const AxisGatherParams p) {
   constexpr int MAXV = warp_row_slices<VEC>(kAxisMaxChannels);
-  extern __shared__ float smem[];  // (3, C): sums of g, dy*xhat, dy over the block's lines
+  extern __shared__ float smem[];  // (3, R): sums of g, dy*xhat, dy over the block's lines (axis_sum_slot)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t C = p.channels, j = blockIdx.y;
+  const int64_t C = p.channels, j = blockIdx.y, R = axis_sum_row(C, VEC);
   float* s_pos = smem;
-  float* s_gamma = smem + C;
-  float* s_beta = smem + 2 * C;
-  for (int64_t i = threadIdx.x; i < (NORM ? 3 : 1) * C; i += blockDim.x) smem[i] = 0.f;
+  float* s_gamma = smem + R;
+  float* s_beta = smem + 2 * R;
+  for (int64_t i = threadIdx.x; i < (NORM ? 3 : 1) * R; i += blockDim.x) smem[i] = 0.f;
   __syncthreads();
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * p.lines_per_block;
   const int64_t m1 = m0 + p.lines_per_block < p.lines ? m0 + p.lines_per_block : p.lines;
@@ -59,8 +70,8 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const 
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
             g[i][k] += rstd * (dy[i][k] * p.gamma[c + k] - a1 - xhat[i][k] * a2);
-            atomicAdd(&s_gamma[c + k], dy[i][k] * xhat[i][k]);
-            atomicAdd(&s_beta[c + k], dy[i][k]);
+            atomicAdd(&s_gamma[axis_sum_slot(lane, i, k, VEC)], dy[i][k] * xhat[i][k]);
+            atomicAdd(&s_beta[axis_sum_slot(lane, i, k, VEC)], dy[i][k]);
           }
         }
       }
@@ -72,24 +83,26 @@ __global__ void __launch_bounds__(kAxisWarps * 32) axis_gather_bwd_kernel(const 
       if (c < C) {
         if (dx) store_vec<T, VEC>(dx + c, g[i]);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) atomicAdd(&s_pos[c + k], g[i][k]);
+        for (int k = 0; k < VEC; ++k) atomicAdd(&s_pos[axis_sum_slot(lane, i, k, VEC)], g[i][k]);
       }
     }
   }
   __syncthreads();
   const int64_t part = (static_cast<int64_t>(blockIdx.x) * (p.A + 1) + j) * C;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    p.part_pos[part + c] = s_pos[c];
+    const int64_t slice = c / VEC;
+    const int64_t slot = axis_sum_slot(static_cast<int>(slice % 32), static_cast<int>(slice / 32), static_cast<int>(c % VEC), VEC);
+    p.part_pos[part + c] = s_pos[slot];
     if (NORM) {
-      p.part_gamma[part + c] = s_gamma[c];
-      p.part_beta[part + c] = s_beta[c];
+      p.part_gamma[part + c] = s_gamma[slot];
+      p.part_beta[part + c] = s_beta[slot];
     }
   }
 }
 
 template <typename T, int VEC>
 static int launch(const AxisGatherParams& p, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>((p.gamma ? 3 : 1) * p.channels) * sizeof(float);
+  const size_t smem = static_cast<size_t>((p.gamma ? 3 : 1) * axis_sum_row(p.channels, VEC)) * sizeof(float);
   const auto kernel = p.gamma ? axis_gather_bwd_kernel<T, VEC, true> : axis_gather_bwd_kernel<T, VEC, false>;
   return launch_kernel(kernel, axis_grid(p), kAxisWarps * 32, smem, stream, p);
 }

@@ -11,6 +11,7 @@ constexpr int64_t kTriMaxChannels = 1024;       // a warp keeps one token row in
 constexpr int kTriWarps = 8;                     // warps per block in the row kernels
 constexpr int kTriSumThreads = 256;              // threads per block in the axis-sum kernel
 constexpr int64_t kTriMaxSmemBytes = 96 * 1024;  // axis-sum accumulators; fits sm80 and sm90
+constexpr int64_t kTriSumStaticSmemBytes = 32 * 4;  // the axis-sum kernel's static block_sum scratch
 
 // Planes p_xy (B,h,w,C), p_yt (B,T,w,C), p_xt (B,T,h,C); v, y, dv, dy (B,T*h*w,C); all `dtype`,
 // contiguous. gamma/beta (C,) float32 or null (no LayerNorm). mean, rstd, a1, a2: (B*T*h*w) float32.

@@ -7,18 +7,29 @@
 
 namespace pvdm {
 
-// Sum of v over the lanes that share `key`, valid in the first lane of each run of equal keys
-// (`head`). Keys must be non-decreasing across the warp's lanes.
-__device__ __forceinline__ float segmented_warp_sum(float v, long long key, bool& head) {
+// The segments of a warp whose lanes hold non-decreasing keys: bit s of `steps` says whether the lane
+// `1 << s` further down has the same key; `head` marks the first lane of each run of equal keys. The
+// keys stay the same for every value summed at one position, so this runs once per position block.
+__device__ __forceinline__ unsigned warp_segments(int key, bool& head) {
   const int lane = threadIdx.x & 31;
+  unsigned steps = 0;
 #pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const float o = __shfl_down_sync(0xffffffffu, v, off);
-    const long long k = __shfl_down_sync(0xffffffffu, key, off);
-    if (lane + off < 32 && k == key) v += o;
+  for (int s = 0; s < 5; ++s) {
+    const int k = __shfl_down_sync(0xffffffffu, key, 1 << s);
+    if (lane + (1 << s) < 32 && k == key) steps |= 1u << s;
   }
-  const long long prev = __shfl_up_sync(0xffffffffu, key, 1);
+  const int prev = __shfl_up_sync(0xffffffffu, key, 1);  // every lane shuffles: no short-circuit
   head = lane == 0 || prev != key;
+  return steps;
+}
+
+// Sum of v over the lanes of the lane's segment (from warp_segments), valid in the segment's head.
+__device__ __forceinline__ float segmented_warp_sum(float v, unsigned steps) {
+#pragma unroll
+  for (int s = 0; s < 5; ++s) {
+    const float o = __shfl_down_sync(0xffffffffu, v, 1 << s);
+    if (steps & (1u << s)) v += o;
+  }
   return v;
 }
 
@@ -35,12 +46,14 @@ template <typename T, int VEC, bool NORM>
 __global__ void __launch_bounds__(kTriSumThreads) triplane_sums_kernel(const TriplaneParams p) {
   constexpr int kFrames = SumFrames<NORM>::value;
   extern __shared__ float smem[];
-  __shared__ float scratch[32];
+  __shared__ float scratch[kTriSumStaticSmemBytes / sizeof(float)];
   const int64_t C = p.channels, T_ = p.frames, H = p.height, W = p.width;
   const int64_t nv = C / VEC;
   const int64_t b = blockIdx.x / nv, c0 = (blockIdx.x % nv) * VEC;
-  float* s_yt = smem;                 // (T, w, VEC)
-  float* s_xt = smem + T_ * W * VEC;  // (T, h, VEC)
+  // Channel-major (VEC, T, w) and (VEC, T, h): the lanes of a warp (consecutive x) add to consecutive
+  // words, free of bank conflicts (a (T, w, VEC) layout puts lanes VEC words apart: 8-way at VEC 8).
+  float* s_yt = smem;
+  float* s_xt = smem + T_ * W * VEC;
   for (int64_t i = threadIdx.x; i < T_ * (W + H) * VEC; i += blockDim.x) smem[i] = 0.f;
   __syncthreads();
 
@@ -62,6 +75,8 @@ __global__ void __launch_bounds__(kTriSumThreads) triplane_sums_kernel(const Tri
     const bool valid = pos < H * W;
     const int64_t y = valid ? pos / W : H;  // past-the-end lanes form their own (last) segment
     const int64_t x = valid ? pos % W : 0;
+    bool head;
+    const unsigned steps = warp_segments(static_cast<int>(y), head);
     float acc_xy[VEC];
 #pragma unroll
     for (int k = 0; k < VEC; ++k) acc_xy[k] = 0.f;
@@ -100,14 +115,13 @@ __global__ void __launch_bounds__(kTriSumThreads) triplane_sums_kernel(const Tri
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
             acc_xy[k] += g[u][k];
-            atomicAdd(&s_yt[(t * W + x) * VEC + k], g[u][k]);
+            atomicAdd(&s_yt[(k * T_ + t) * W + x], g[u][k]);
           }
         }
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-          bool head;
-          const float row = segmented_warp_sum(g[u][k], static_cast<long long>(y), head);
-          if (head && valid) atomicAdd(&s_xt[(t * H + y) * VEC + k], row);
+          const float row = segmented_warp_sum(g[u][k], steps);
+          if (head && valid) atomicAdd(&s_xt[(k * T_ + t) * H + y], row);
         }
       }
     }
@@ -120,11 +134,11 @@ __global__ void __launch_bounds__(kTriSumThreads) triplane_sums_kernel(const Tri
   __syncthreads();
   for (int64_t i = threadIdx.x; i < T_ * W * VEC; i += blockDim.x) {
     const int64_t tx = i / VEC, k = i % VEC;
-    p.d_yt[(b * T_ * W + tx) * C + c0 + k] = s_yt[i];
+    p.d_yt[(b * T_ * W + tx) * C + c0 + k] = s_yt[k * T_ * W + tx];
   }
   for (int64_t i = threadIdx.x; i < T_ * H * VEC; i += blockDim.x) {
     const int64_t ty = i / VEC, k = i % VEC;
-    p.d_xt[(b * T_ * H + ty) * C + c0 + k] = s_xt[i];
+    p.d_xt[(b * T_ * H + ty) * C + c0 + k] = s_xt[k * T_ * H + ty];
   }
   if constexpr (NORM) {
 #pragma unroll
@@ -143,10 +157,15 @@ template <typename T, int VEC, bool NORM>
 static int launch_sums(const TriplaneParams& p, cudaStream_t stream) {
   const int64_t vec_smem = p.frames * (p.width + p.height) * VEC * 4;
   auto kernel = triplane_sums_kernel<T, VEC, NORM>;
-  if (vec_smem > 48 * 1024) {
+  // CUDA's default 48 KB per block covers static and dynamic shared memory together: the LayerNorm
+  // variant's static `scratch` (32 floats) counts, so opt in whenever the sum can pass 48 KB.
+  if (vec_smem + kTriSumStaticSmemBytes > 48 * 1024) {
     const cudaError_t e =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(vec_smem));
-    if (e != cudaSuccess) return static_cast<int>(e);
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // the failed call also set the runtime's last error: do not fail the next launch
+      return static_cast<int>(e);
+    }
   }
   const unsigned blocks = static_cast<unsigned>(p.batch * (p.channels / VEC));
   return launch_kernel(kernel, blocks, kTriSumThreads, static_cast<size_t>(vec_smem), stream, p);

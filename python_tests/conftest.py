@@ -26,6 +26,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _ieee_fp32_matmuls():
+    """float32 matmuls in IEEE fp32 for every test: FP32_RTOL (1e-5) assumes them, and the Triton attention
+    kernels follow torch.backends.cuda.matmul.allow_tf32 (TF32 dots when it is on: errors ~5e-4). The flag
+    is on in any process started with TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 (some GPU images set it)."""
+    if not _HAS_CUDA:
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def golden_dir() -> pathlib.Path:
     """`../shared/reference/golden` beside the checkout, or $PVDM_GOLDEN_DIR."""
     env = os.environ.get("PVDM_GOLDEN_DIR")

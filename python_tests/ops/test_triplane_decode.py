@@ -367,25 +367,50 @@ def test_emulated_cuda_unaligned_storage_uses_scalar_path(emulated_cuda):
     torch.testing.assert_close(v.double(), expected, rtol=1e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("norm", [False, True])
-def test_emulated_cuda_backward_over_48kb_of_shared_memory(emulated_cuda, norm):
-    # T*(h+w) = 1560 rows of 16-byte accumulators: 49920 bytes, over CUDA's default 48 KB of dynamic shared
-    # memory, so the launcher must raise the kernel's limit first (cudaFuncSetAttribute).
+# The axis-sum backward keeps T*(h+w) rows of 16-byte accumulators in dynamic shared memory; CUDA's
+# default 48 KB per block covers static and dynamic shared memory together, so past it (or at it, with the
+# LayerNorm variant's 128 B of static scratch) the launcher must raise the kernel's limit first.
+SHARED_48KB_CASES = [
+    (26, 30, 30, 8, torch.float16),   # 1560 rows: 49920 B of dynamic shared memory alone
+    (16, 48, 48, 8, torch.float16),   # 1536 rows: exactly 49152 B dynamic, + 128 B static with the norm
+    (24, 32, 32, 8, torch.bfloat16),  # the same bytes at another shape and dtype
+    (16, 96, 96, 4, torch.float32),   # 3072 rows of float32 x4: 49152 B
+]
+
+
+def _backward_over_48kb(device, t, h, w, c, dtype, norm):
     from pvdm_fast.ops.triplane_decode import _BACKWARD, _FORWARD
-    b, t, h, w, c = 1, 26, 30, 30, 8
-    p_xy, p_yt, p_xt = (torch.randn(s, dtype=torch.float16) for s in [(b, h, w, c), (b, t, w, c), (b, t, h, c)])
-    gamma, beta = (torch.randn(c), torch.randn(c)) if norm else (None, None)
+    b = 1
+    g = torch.Generator().manual_seed(0)
+    p_xy, p_yt, p_xt = (torch.randn(s, generator=g).to(dtype) for s in [(b, h, w, c), (b, t, w, c), (b, t, h, c)])
+    gamma, beta = (torch.randn(c, generator=g), torch.randn(c, generator=g)) if norm else (None, None)
     up = lambda x: None if x is None else x.double()  # noqa: E731
+    on = lambda x: None if x is None else x.to(device)  # noqa: E731
     _, _, mean, rstd = _FORWARD["reference"](up(p_xy), up(p_yt), up(p_xt), up(gamma), up(beta), 1e-5)
-    dv = torch.randn(b, t * h * w, c, dtype=torch.float16)
-    dy = torch.randn_like(dv) if norm else None
+    dv = torch.randn(b, t * h * w, c, generator=g).to(dtype)
+    dy = torch.randn(b, t * h * w, c, generator=g).to(dtype) if norm else None
     stats = (mean.float(), rstd.float()) if norm else (None, None)
-    got = _BACKWARD["cuda"](dv, dy, p_xy, p_yt, p_xt, gamma, *stats)
-    assert emulated_cuda.calls == {"triplane_decode_bwd": 1}
+    got = _BACKWARD["cuda"](*map(on, (dv, dy, p_xy, p_yt, p_xt, gamma, *stats)))
     truth = _BACKWARD["reference"](up(dv), up(dy), up(p_xy), up(p_yt), up(p_xt), up(gamma), *(
         (mean, rstd) if norm else (None, None)))
-    for name, g, r in zip(["d_xy", "d_yt", "d_xt", "dgamma", "dbeta"], got, truth):
-        assert_fp32_close(g, r, f"emulated cuda, 49920 B of shared memory: {name}")
+    rows = t * (h + w) * (16 // torch.empty((), dtype=dtype).element_size()) * 4
+    for name, got_g, r in zip(["d_xy", "d_yt", "d_xt", "dgamma", "dbeta"], got, truth):
+        if r is not None:
+            assert_fp32_close(got_g.cpu(), r, f"cuda on {device}, {rows} B of shared memory: {name}")
+
+
+@pytest.mark.parametrize("case", SHARED_48KB_CASES[:2], ids=str)
+@pytest.mark.parametrize("norm", [False, True])
+def test_emulated_cuda_backward_over_48kb_of_shared_memory(emulated_cuda, case, norm):
+    _backward_over_48kb("cpu", *case, norm)
+    assert emulated_cuda.calls == {"triplane_decode_bwd": 1}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", SHARED_48KB_CASES, ids=str)
+@pytest.mark.parametrize("norm", [False, True])
+def test_gpu_backward_over_48kb_of_shared_memory(case, norm):
+    _backward_over_48kb("cuda", *case, norm)
 
 
 def test_opcheck_emulated_cuda(emulated_cuda):
