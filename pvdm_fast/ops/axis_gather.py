@@ -31,6 +31,7 @@ SPEC = dispatch.register(dispatch.OpSpec(
     {"reference": _LOW + (torch.float64,), "triton": _LOW, "cuda": _LOW},
 ))
 AXES = ("xy", "yt", "xt")
+MAX_CHANNELS_CUDA = 1024  # kernels/axis_gather.h: kAxisMaxChannels
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -267,7 +268,12 @@ def axis_gather(x: Tensor, grid: Sequence[int], axis: str | int, token: Tensor, 
         if p is not None and (p.numel() != n or p.device != x.device):
             raise ValueError(f"axis_gather: {name} must hold {n} values on {x.device}, got shape "
                              f"{tuple(p.shape)} on {p.device}")
-    backend = dispatch.select(SPEC, x)
+    limit = None
+    if c > MAX_CHANNELS_CUDA:
+        limit = f"its kernels take at most {MAX_CHANNELS_CUDA} channels, got C={c}"
+    elif a + 1 > 65535:
+        limit = f"the axis length + 1 = {a + 1} must fit a launch grid dimension (65535)"
+    backend = dispatch.select(SPEC, x, {"cuda": limit})
     s, y, _, _ = _gather_op(x, token.reshape(c), pos.reshape(a + 1, c), norm_weight, norm_bias, grid, ax,
                             float(eps), backend)
     return s if norm_weight is None else (s, y)

@@ -256,21 +256,23 @@ def sdpa_wins(gpu_prefs: dict, op: str, case: str, dtype: torch.dtype, grad: boo
     return by_pass.get("fwd+bwd" if grad else "fwd") == "sdpa"
 
 
-def select(spec: OpSpec, x: torch.Tensor) -> str:
-    """The backend that runs `spec` on `x` (see module docstring)."""
+def select(spec: OpSpec, x: torch.Tensor, limits: dict[str, str | None] | None = None) -> str:
+    """The backend that runs `spec` on `x` (see module docstring). `limits`: per backend, why this call's
+    shape is beyond it (None: within); auto passes over such a backend, a forced one raises."""
     if x.numel() == 0:  # every backend would fail differently (a reshape error, a division by zero)
         raise ValueError(f"{spec.name}: empty input of shape {tuple(x.shape)}; every dimension must be positive")
     if not x.is_floating_point():  # the reference would compute in integers and return garbage
         raise ValueError(f"{spec.name}: input must be a floating-point tensor, got {x.dtype}")
+    limits = limits or {}
     forced = forced_backend(spec.name)
     if forced is not None:
-        why = spec.reason(forced, x)
+        why = spec.reason(forced, x) or limits.get(forced)
         if why is not None:
             raise RuntimeError(f"{spec.name}: backend {forced!r} was requested but {why}")
         return forced
     if x.device.type == "cuda":
         for backend in auto_order(spec.name, _gpu_name(x.device), x.dtype):
-            if spec.reason(backend, x) is None:
+            if spec.reason(backend, x) is None and limits.get(backend) is None:
                 return backend
     return "reference"
 

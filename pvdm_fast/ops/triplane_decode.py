@@ -30,6 +30,21 @@ SPEC = dispatch.register(dispatch.OpSpec(
     {"reference": _LOW + (torch.float64,), "triton": _LOW, "cuda": _LOW},
 ))
 MAX_CHANNELS_CUDA = 1024  # kernels/triplane_decode.h: kTriMaxChannels
+MAX_SUM_SMEM_CUDA = 96 * 1024  # kTriMaxSmemBytes: the backward's axis-sum accumulators per block
+
+
+def _cuda_limit(p_xy: Tensor, p_yt: Tensor) -> str | None:
+    """Why the CUDA kernels cannot take these planes (auto then picks another backend), or None. The
+    backward keeps T*(h+w) rows of 16-byte vectors of float32 sums in shared memory."""
+    _, h, w, c = p_xy.shape
+    t = p_yt.shape[1]
+    if c > MAX_CHANNELS_CUDA:
+        return f"its kernels take at most {MAX_CHANNELS_CUDA} channels, got C={c}"
+    row_bytes = 16 // p_xy.element_size() * 4
+    if t * (h + w) * row_bytes > MAX_SUM_SMEM_CUDA:
+        return (f"its backward needs {t * (h + w) * row_bytes} B of shared memory for T*(h+w) = {t * (h + w)} "
+                f"(limit {MAX_SUM_SMEM_CUDA})")
+    return None
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -209,7 +224,7 @@ def triplane_sum(p_xy: Tensor, p_yt: Tensor, p_xt: Tensor, *, norm_weight: Optio
     """V (B, T*h*w, C), tokens ordered (t, row, col), from channels-last projected planes
     p_xy (B, h, w, C), p_yt (B, T, w, C), p_xt (B, T, h, C); with norm weights, (V, LayerNorm(V))."""
     _check_planes(p_xy, p_yt, p_xt, norm_weight, norm_bias)
-    backend = dispatch.select(SPEC, p_xy)
+    backend = dispatch.select(SPEC, p_xy, {"cuda": _cuda_limit(p_xy, p_yt)})
     v, y, _, _ = _sum_op(p_xy, p_yt, p_xt, norm_weight, norm_bias, float(eps), backend)
     return v if norm_weight is None else (v, y)
 

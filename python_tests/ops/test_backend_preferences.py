@@ -1,4 +1,5 @@
 """`auto` follows measured speed: preferences written by the kernel benchmark, read by dispatch."""
+import importlib
 import importlib.util
 import json
 import pathlib
@@ -203,3 +204,38 @@ def test_integer_and_empty_inputs_are_value_errors_on_every_backend(backend, kin
         for name, call in calls.items():
             with pytest.raises(ValueError, match="floating-point" if kind == "integer" else "empty input"):
                 call()
+
+
+def test_auto_passes_over_a_backend_beyond_its_shape_limits(monkeypatch):
+    """The CUDA triplane/axis kernels take at most 1024 channels and 96 KB of backward sums: auto must
+    pick the next backend for larger inputs (a training step used to fail in the launcher), and forcing
+    the backend names the limit. A CUDA tensor is stood in for (no GPU here)."""
+    from types import SimpleNamespace
+
+    ag = importlib.import_module("pvdm_fast.ops.axis_gather")  # the package exports functions of these names
+    td = importlib.import_module("pvdm_fast.ops.triplane_decode")
+
+    monkeypatch.setattr(dispatch, "backend_unavailable_reason", lambda backend, device_type: None)
+    monkeypatch.setattr(dispatch, "_gpu_name", lambda device: "stand-in GPU")
+    monkeypatch.setattr(dispatch, "auto_order", lambda op, gpu, dtype: ("cuda", "triton"))
+    x = SimpleNamespace(numel=lambda: 1, is_floating_point=lambda: True, dtype=torch.bfloat16,
+                        device=SimpleNamespace(type="cuda", index=0))
+    assert dispatch.select(td.SPEC, x, {"cuda": None}) == "cuda"
+    assert dispatch.select(td.SPEC, x, {"cuda": "too wide"}) == "triton"
+    with dispatch.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested but too wide"):
+        dispatch.select(td.SPEC, x, {"cuda": "too wide"})
+
+    planes = lambda t, h, w, c, dtype: (torch.empty(1, h, w, c, dtype=dtype), torch.empty(1, t, w, c, dtype=dtype))  # noqa: E731
+    assert td._cuda_limit(*planes(16, 32, 32, 1024, torch.bfloat16)) is None
+    assert "at most 1024 channels, got C=1025" in td._cuda_limit(*planes(16, 32, 32, 1025, torch.bfloat16))
+    assert td._cuda_limit(*planes(16, 96, 96, 8, torch.bfloat16)) is None  # 3072 rows x 32 B = 96 KB
+    assert td._cuda_limit(*planes(16, 96, 96, 8, torch.float32)) is None  # 16 B rows of float32 x4: 48 KB
+    assert "needs 99328 B" in td._cuda_limit(*planes(16, 97, 97, 8, torch.float16))
+
+    seen = []
+    monkeypatch.setattr(dispatch, "select", lambda spec, x, limits=None: seen.append(limits) or "reference")
+    tokens = torch.randn(1, 2 * 2 * 3, 1030)
+    ag.axis_gather(tokens, (2, 2, 3), "xy", torch.zeros(1030), torch.zeros(3, 1030))
+    assert "at most 1024 channels, got C=1030" in seen[-1]["cuda"]
+    ag.axis_gather(tokens[..., :16], (2, 2, 3), "xy", torch.zeros(16), torch.zeros(3, 16))
+    assert seen[-1]["cuda"] is None
