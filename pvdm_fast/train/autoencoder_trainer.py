@@ -5,7 +5,8 @@ weights file; without one the perceptual term is off, with a warning, and nothin
 From `gan_start_step` on, the GAN stage adds the hinge generator loss (weight 1) of a 2D PatchGAN on
 that same frame and a 3D PatchGAN on the whole clip, plus feature matching (L1 between the
 discriminators' intermediate activations on the real and reconstructed input, summed over layers,
-weight 4), and the discriminators take a hinge-loss step with each one's gradients clipped to norm 1.
+weight 4), and the discriminators take hinge-loss steps with each one's gradients clipped to norm 1;
+as officially, the two alternate step by step (gan_alternate=false updates both every step).
 Before that step they are neither run nor updated. The discriminators start from the official
 initialisation (see models/discriminators.py).
 """
@@ -113,7 +114,7 @@ class AutoencoderTrainer(Trainer):
 
         d = self.cfg.data
         return open_dataset(self.data_spec, resolution=d.resolution, frames=d.frames, stride=d.frame_stride,
-                            split=d.split, fold=d.fold, antialias=d.antialias,
+                            split=d.get("split"), fold=d.get("fold", 1), antialias=d.get("antialias", True),
                             mode="train", seed=self.tc.data_seed)
 
     @property
@@ -160,9 +161,18 @@ class AutoencoderTrainer(Trainer):
                 metrics.update({"g_adv": adv, "feature_matching": fm})
             return loss, metrics
 
-        metrics = self.accumulate(self.g, batches, generator_loss)
-        self.update(self.g, metrics)
-        if gan:
+        # Officially the GAN stage alternates optimizer steps: the autoencoder's, then the discriminators'
+        # on the next batches and on reconstructions by the updated autoencoder (gan_alternate=false:
+        # both every step, on the same batch).
+        disc_turn = gan and tc.gan_alternate and (self.step - tc.gan_start_step) % 2 == 1
+        metrics: dict[str, float] = {}
+        if disc_turn:
+            with torch.no_grad(), self.autocast():
+                fakes = [self.ae_fwd(batch["video"]).detach() for batch in batches]
+        else:
+            metrics = self.accumulate(self.g, batches, generator_loss)
+            self.update(self.g, metrics)
+        if gan and (disc_turn or not tc.gan_alternate):
             def disc_loss(batch, i):
                 video, fake = batch["video"], fakes[i]
                 r_f, r_c, f_f, f_c = self.disc_ddp(pick_frames(video, picks[i]), video,

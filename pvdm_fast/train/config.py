@@ -55,6 +55,8 @@ class TrainAutoencoderConfig(_Common):
     lpips_weights: Optional[str] = None  # file with VGG16 + LPIPS linear heads; None: perceptual term off
     gan_start_step: int = -1            # optimizer step at which the GAN stage begins; -1: never
     gan_weight: float = 1.0
+    gan_alternate: bool = True          # official: from gan_start_step, autoencoder and discriminator steps
+                                        #   alternate (each on its own batches); false: both every step
     feature_matching_weight: float = 4.0
     disc_channels: int = 64
     disc_layers: int = 3

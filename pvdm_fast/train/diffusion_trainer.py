@@ -109,7 +109,7 @@ class DiffusionTrainer(Trainer):
 
         d = self.cfg.data
         return open_dataset(self.data_spec, resolution=d.resolution, frames=d.frames, stride=d.frame_stride,
-                            split=d.split, fold=d.fold, antialias=d.antialias,
+                            split=d.get("split"), fold=d.get("fold", 1), antialias=d.get("antialias", True),
                             cond=True, mode="train", seed=self.tc.data_seed)
 
     def _check_cache_data(self, cached: dict) -> None:

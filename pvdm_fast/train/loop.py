@@ -335,7 +335,7 @@ class Trainer:
         for key, value in mine.items():
             if key not in ("autoencoder", "unet", "diffusion", "data") or key not in saved:
                 continue
-            if _with_defaults(key, saved[key]) != value:
+            if _with_defaults(key, saved[key]) != _with_defaults(key, value):
                 raise ValueError(f"checkpoint {checkpoint.dir} was trained with a different `{key}` config "
                                  f"({saved[key]} vs {value}); resume with the run's own config")
         self.load_weights(checkpoint)

@@ -49,13 +49,47 @@ def test_discriminators_idle_before_gan_start(tmp_path, tiny_config):
                               tmp_path / "run", data="synthetic:6", ctx=CPU, resume=True, progress=False)
     more.run()
     assert any(not torch.equal(v, trainer.initial[k]) for k, v in more.disc.state_dict().items())
-    assert "disc/loss" in more.history[-1] and "ae/g_adv" in more.history[-1]
+    # alternating from step 2: the autoencoder's step with the GAN terms, then the discriminators'
+    assert "ae/g_adv" in more.history[-2] and "disc/loss" not in more.history[-2]
+    assert "disc/loss" in more.history[-1] and "ae/loss" not in more.history[-1]
+
+
+@pytest.mark.parametrize("alternate", [True, False])
+def test_gan_stage_alternates_autoencoder_and_discriminator_steps(tmp_path, tiny_config, alternate):
+    """As officially (tools/trainer.py toggles every accumulated step from disc_start): the autoencoder
+    moves on even GAN-stage steps, the discriminators on odd ones, on reconstructions by the current
+    autoencoder; gan_alternate=false moves both every step."""
+    trainer = _ae(tiny_config, tmp_path / "run", gan_start_step=1, total_clips=20, gan_alternate=alternate)
+    moved = []
+    original_build = trainer.build
+
+    def build():
+        original_build()
+        state = lambda m: {k: v.detach().clone() for k, v in m.named_parameters()}  # noqa: E731 (not BN stats)
+        before = {"ae": state(trainer.model), "disc": state(trainer.disc)}
+        step = trainer.train_step
+
+        def recording_step(batches):
+            out = step(batches)
+            now = {"ae": state(trainer.model), "disc": state(trainer.disc)}
+            moved.append({k for k in now if any(not torch.equal(now[k][n], before[k][n]) for n in now[k])})
+            before.update(now)
+            return out
+
+        trainer.train_step = recording_step
+
+    trainer.build = build
+    trainer.run()
+    if alternate:
+        assert moved == [{"ae"}, {"ae"}, {"disc"}, {"ae"}, {"disc"}]
+    else:
+        assert moved == [{"ae"}] + [{"ae", "disc"}] * 4
 
 
 def test_each_discriminator_is_clipped_on_its_own(tmp_path, tiny_config):
     """As officially (clip_grad_norm_ per discriminator): with a tiny max norm both the frame and the
     clip discriminator step with gradient norm exactly max norm; one joint norm would leave each below."""
-    trainer = _ae(tiny_config, tmp_path / "run", gan_start_step=0, total_clips=8, disc_max_grad_norm=1e-4)
+    trainer = _ae(tiny_config, tmp_path / "run", gan_start_step=0, total_clips=16, disc_max_grad_norm=1e-4)
     norms = []
     original_build = trainer.build
 
@@ -72,7 +106,7 @@ def test_each_discriminator_is_clipped_on_its_own(tmp_path, tiny_config):
 
     trainer.build = build
     trainer.run()
-    assert len(norms) == 2
+    assert len(norms) == 2  # 4 steps, alternating: steps 1 and 3 are the discriminators'
     for frame, clip in norms:
         assert frame == pytest.approx(1e-4, rel=1e-3) and clip == pytest.approx(1e-4, rel=1e-3)
     assert trainer.history[-1]["disc/grad_norm_frame"] > 1e-4 and trainer.history[-1]["disc/grad_norm_clip"] > 1e-4
