@@ -31,7 +31,9 @@ def _call(fn, *args):
 
 
 def _ptr(t: torch.Tensor):
-    return ctypes.c_void_p(t.data_ptr())
+    ptr = ctypes.c_void_p(t.data_ptr())
+    ptr.tensor = t  # alive until the call returns, also for `_ptr(torch.zeros(n))`
+    return ptr
 
 
 @pytest.mark.parametrize("order", ["forward", "reverse", "shuffle", "shuffle:7"])
@@ -104,6 +106,54 @@ def test_launch_limits(lib, shape, smem, limit, ok):
         assert msg, "a refused launch says why"
 
 
+STATIC = 1024  # selftest.cpp's static_and_dynamic: 256 floats of static shared memory
+SM80_OPTIN = 163 * 1024  # the most shared memory a block may hold with the opt-in, on sm_80
+SM90_OPTIN = 227 * 1024
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first_launch", "known_kernel"])
+@pytest.mark.parametrize("smem,limit,ok", [
+    (48 * 1024 - STATIC, -1, True),       # static + dynamic = CUDA's default 48 KB per block
+    (48 * 1024 - STATIC + 4, -1, False),  # 4 B over it: "invalid argument" on a GPU
+    (48 * 1024, 48 * 1024, True),         # with the opt-in only the dynamic part is limited
+    (SM80_OPTIN - STATIC, SM80_OPTIN - STATIC, True),
+])
+def test_static_shared_memory_counts_toward_the_launch_limit(lib, warm, smem, limit, ok):
+    out = torch.full((128,), -1.0)
+    code, msg = _call(lib.emu_static_shared, _ptr(out), smem, limit, int(warm))
+    if ok:
+        assert (code, msg) == (0, "")
+        torch.testing.assert_close(out, (3 * (torch.arange(128) % 64) + 1).float(), rtol=0, atol=0)
+    else:
+        assert code == 1, msg  # cudaErrorInvalidValue, as a GPU refuses the launch
+        assert f"static shared memory {STATIC} B + dynamic {smem} B" in msg and "49152 B" in msg, msg
+
+
+@pytest.mark.parametrize("limit", [SM80_OPTIN - STATIC + 4, SM90_OPTIN - STATIC + 4])
+def test_static_shared_memory_plus_opt_in_over_the_maximum(lib, limit):
+    # A kernel the emulation ran before: its static size is known, cudaFuncSetAttribute is refused.
+    code, msg = _call(lib.emu_static_shared, _ptr(torch.zeros(128)), 0, limit, 1)
+    assert code == 1 and "refused" in msg, msg
+    # A first launch: a setting within the maximum alone is taken, and the launch fails once a thread
+    # reaches the static array.
+    code, msg = _call(lib.emu_static_shared, _ptr(torch.zeros(128)), 0, limit, 0)
+    if limit > SM80_OPTIN:
+        assert code == 1 and "refused" in msg, msg
+    else:
+        assert code == 1 and f"static shared memory {STATIC} B + the cudaFuncSetAttribute opt-in of {limit} B" in msg
+        assert "refuses that cudaFuncSetAttribute" in msg, msg
+
+
+def test_opt_in_lasts_until_activate_resets_it(lib):
+    out = torch.zeros(128)
+    assert _call(lib.emu_static_shared, _ptr(out), 48 * 1024, 48 * 1024, 0) == (0, "")
+    assert _call(lib.emu_static_shared_again, _ptr(out), 48 * 1024) == (0, "")  # as on a GPU: the setting lasts
+    # activate() (the emulated_cuda fixture) starts each test as a new process would, without settings.
+    lib.pvdm_emu_reset_attributes()
+    code, msg = _call(lib.emu_static_shared_again, _ptr(out), 48 * 1024)
+    assert code == 1 and "without the cudaFuncAttributeMaxDynamicSharedMemorySize opt-in" in msg, msg
+
+
 def test_half_conversions_match_torch_bit_for_bit(lib):
     bits = torch.arange(65536, dtype=torch.int32).to(torch.int16)
     halves = bits.view(torch.float16)
@@ -134,7 +184,7 @@ def test_half_conversions_match_torch_bit_for_bit(lib):
         assert torch.isnan(got.view(dtype)).all()
 
 
-def test_translate_rewrites_launches_and_dynamic_shared_memory():
+def test_translate_rewrites_launches_and_shared_memory():
     src = ("extern __shared__ float smem[];\n"
            "k<T, 4><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(p, q);\n"
            "kernel<<<grid, block>>>();\n")
@@ -142,7 +192,15 @@ def test_translate_rewrites_launches_and_dynamic_shared_memory():
     assert "float* const smem = ::emu::dynamic_shared<float>();" in out
     assert "::emu::launch(::emu::config(static_cast<unsigned>(n), kThreads, 0, stream), k<T, 4>, p, q);" in out
     assert "::emu::launch(::emu::config(grid, block), kernel);" in out
-    for bad in ["extern __shared__ __align__(16) char raw[];", "(*table[i])<<<1, 32>>>(p);"]:
+    out = cuda_emu.translate("  __shared__ float scratch[kBytes / sizeof(float)];  // __shared__ note\n"
+                             "__shared__ typename R<T>::Storage s[2][4];\n", "x.cu")
+    assert out.splitlines() == [
+        "  static float scratch[kBytes / sizeof(float)]; [[maybe_unused]] const bool scratch_emu_static_shared = "
+        "::emu::static_shared(&scratch, sizeof(scratch));  // __shared__ note",
+        "static typename R<T>::Storage s[2][4]; [[maybe_unused]] const bool s_emu_static_shared = "
+        "::emu::static_shared(&s, sizeof(s));"]
+    for bad in ["extern __shared__ __align__(16) char raw[];", "(*table[i])<<<1, 32>>>(p);",
+                "__shared__ float a[4], b[4];", "__shared__ float a[4] = {};"]:
         with pytest.raises(RuntimeError, match="cannot translate"):
             cuda_emu.translate(bad, "bad.cu")
 

@@ -1,6 +1,6 @@
 """The CUDA kernels of kernels/, built for the CPU emulation of emu.h: `load()` returns a `_C` module
 compiled from the real csrc/ launchers and bindings and the real kernels/ sources, translated as
-little as possible (kernel launches and `extern __shared__` declarations), so that the `cuda`
+little as possible (kernel launches and `__shared__` declarations), so that the `cuda`
 backends of the fused ops run on CPU tensors in the test suite.
 
 The build takes about 20 s on two cores (30 s with AddressSanitizer, see memcheck.py) and is cached
@@ -34,6 +34,11 @@ CACHE = ROOT / "build" / "cuda_emu"
 # static_cast<unsigned>(n) but no `>>>`.
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\)\s*;", re.S)
 _DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\s*\]\s*;")
+# A static `__shared__ TYPE NAME[N]...;` (or a scalar): one declarator, no initializer. `extern` ones
+# that _DYNAMIC_SHARED did not take are matched too, to be left alone (and refused).
+# On one line, so that a comment's `__shared__` never takes the next line's code.
+_STATIC_SHARED = re.compile(r"(\bextern[ \t]+)?\b__shared__[ \t]+([^;{}=\[\]\n]+?)[ \t]*\b(\w+)[ \t]*((?:\[[^\[\];\n]*\][ \t]*)*);")
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 _FLAGS = ["-std=c++17", "-O1", "-g0", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-pthread"]
 # PVDM_EMU_SANITIZE=address builds (and loads) an AddressSanitizer variant: the memcheck test runs the
 # kernels in it, in a Python started with libasan preloaded.
@@ -54,16 +59,26 @@ class EmulationUnavailable(RuntimeError):
 
 def translate(source: str, name: str) -> str:
     """A kernels/ source as the emulation compiles it: launches call emu::launch, dynamic shared
-    memory comes from emu::dynamic_shared. Raises on a launch or declaration it cannot rewrite."""
+    memory comes from emu::dynamic_shared, and each static `__shared__` declaration (on the same line)
+    becomes a `static` one followed by emu::static_shared(&NAME, sizeof NAME), which counts it toward
+    the running kernel's static shared memory. Raises on a launch or declaration it cannot rewrite."""
 
     def launch(m: re.Match) -> str:
         args = m[3].strip()
         return f"::emu::launch(::emu::config({m[2]}), {m[1]}{', ' + args if args else ''});"
 
+    def static_shared(m: re.Match) -> str:
+        if m[1]:
+            return m[0]
+        var = m[3]
+        return (f"static {m[2]} {var}{m[4]}; [[maybe_unused]] const bool {var}_emu_static_shared = "
+                f"::emu::static_shared(&{var}, sizeof({var}));")
+
     out = _DYNAMIC_SHARED.sub(lambda m: f"{m[1]}* const {m[2]} = ::emu::dynamic_shared<{m[1]}>();", source)
+    out = _STATIC_SHARED.sub(static_shared, out)
     out = _LAUNCH.sub(launch, out)
-    if "<<<" in out or re.search(r"extern\s+__shared__", out):
-        raise RuntimeError(f"{name}: a kernel launch or an `extern __shared__` declaration that the emulation "
+    if "<<<" in _COMMENT.sub("", out) or "__shared__" in _COMMENT.sub("", out):
+        raise RuntimeError(f"{name}: a kernel launch or a `__shared__` declaration that the emulation "
                            f"build cannot translate (python_tests/cuda_emu/__init__.py)")
     return out
 
@@ -193,12 +208,17 @@ def activate(monkeypatch) -> Emulation:
     kernels on CPU tensors: `_ext._C` is the emulated module, stream handles are 0, `torch.cuda.device`
     of a CPU device is a no-op and the dispatcher lets `cuda` take CPU tensors. Launcher calls are
     counted, so a test can tell that the kernels ran. Threads run in shuffled order (PVDM_EMU_ORDER,
-    see emu_runtime.cpp) unless PVDM_EMU_ORDER is set."""
+    see emu_runtime.cpp) unless PVDM_EMU_ORDER is set. No kernel has a cudaFuncSetAttribute setting
+    yet, as in a new process: a launcher that forgets to opt in fails even after an earlier test's launch
+    of the same kernel opted in (the setting lasts, on a GPU too, for the rest of the process)."""
+    import ctypes
+
     import torch
 
     from pvdm_fast.ops import _ext, dispatch
 
     module = load()
+    ctypes.CDLL(module.__file__).pvdm_emu_reset_attributes()  # the library the module was loaded from
     emulation = Emulation(module)
     for name in dir(module):
         launcher = getattr(module, name)

@@ -7,7 +7,8 @@
 // completes when all 32 lanes of the warp wait at the same shuffle. Everything else is a launch error
 // with a message (cudaGetLastError): threads of a block waiting at different barriers (a deadlock on a
 // GPU), a full-mask shuffle with exited or missing lanes, lanes at different kinds of shuffle, a grid
-// or block over CUDA's limits, dynamic shared memory over the limit set with cudaFuncSetAttribute.
+// or block over CUDA's limits, dynamic shared memory over the limit set with cudaFuncSetAttribute,
+// static and dynamic shared memory together over CUDA's 48 KB without that opt-in (see static_shared).
 // Dynamic shared memory starts as NaN bytes each block, so a read before the first write shows.
 //
 // Not emulated: timing, the memory model (fibers see each other's writes in program order), register
@@ -29,8 +30,9 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__
-// Static shared memory: one instance for all blocks, which run one at a time. (`extern __shared__`
-// declarations are rewritten by the emulation build into emu::dynamic_shared<T>().)
+// Static shared memory: one instance for all blocks, which run one at a time. The emulation build
+// rewrites `__shared__ T name[N];` in kernels/ into this `static` declaration followed by a call of
+// emu::static_shared, and `extern __shared__` declarations into emu::dynamic_shared<T>().
 #define __shared__ static
 
 // ---- vector types
@@ -138,6 +140,29 @@ T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_bytes());
 }
 
+// A static `__shared__` variable of `bytes` bytes reached by the running thread (the emulation build
+// calls this after each such declaration). The first time a kernel reaches the variable, its bytes count
+// toward the kernel's static shared memory, checked as CUDA checks it at launch: static + dynamic within
+// 48 KB without the cudaFuncAttributeMaxDynamicSharedMemorySize opt-in, static + the opt-in value within
+// the device's per-block maximum. Over it, the launch fails (cudaErrorInvalidValue), and later launches
+// and cudaFuncSetAttribute calls of the kernel know its static size beforehand. Outside a kernel (a
+// namespace-scope declaration) it counts nothing. Stricter than nvcc, which drops a variable that an
+// instantiation never uses (triplane_sums_kernel's `scratch` without the LayerNorm: 0 B static per
+// ptxas, 128 B here); a kernel that exits before the declaration is not checked. Returns true.
+bool static_shared(const void* variable, size_t bytes);
+
+// Forgets what the emulation learned about `kernel`: its cudaFuncSetAttribute setting and its static
+// shared memory (for the emulation's own tests).
+void forget_kernel(const void* kernel);
+
+}  // namespace emu
+
+// Forgets every kernel's cudaFuncSetAttribute setting, as a new process starts without them (cuda_emu's
+// activate(), so that no test passes on an opt-in that an earlier test's launch made).
+extern "C" void pvdm_emu_reset_attributes();
+
+namespace emu {
+
 // Records a launch error; cudaGetLastError returns (and clears) it.
 void set_error(cudaError_t code, const char* message);
 cudaError_t take_error();
@@ -149,8 +174,8 @@ struct Config {
 };
 inline Config config(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) { return Config{grid, block, smem}; }
 
-// Runs body() as every thread of every block of cfg, for the kernel `kernel` (its dynamic shared
-// memory limit). Returns after the whole grid ran or stopped on an error.
+// Runs body() as every thread of every block of cfg, for the kernel `kernel` (its shared memory
+// limits). Returns after the whole grid ran or stopped on an error.
 void run_grid(const Config& cfg, const void* kernel, const std::function<void()>& body);
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
 

@@ -123,10 +123,12 @@ inline void unpoison(void* p, size_t n) {
 }
 
 constexpr size_t kStackBytes = 256 * 1024;
-constexpr int kDefaultDynamicShared = 48 * 1024;
-// Opt-in dynamic shared memory limit of sm_80 (163 KB), the smaller of the two architectures the
-// kernels are built for (sm_90: 227 KB).
-constexpr int kMaxDynamicShared = 163 * 1024;
+// Shared memory of a block, static and dynamic together, without the
+// cudaFuncAttributeMaxDynamicSharedMemorySize opt-in.
+constexpr size_t kDefaultShared = 48 * 1024;
+// With the opt-in: the most a block may hold (static + the opt-in value) on sm_80 (163 KB), the smaller
+// of the two architectures the kernels are built for (sm_90: 227 KB).
+constexpr size_t kMaxSharedOptin = 163 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 // Top of each fiber stack cleared of AddressSanitizer poison per block: fiber_main's frame, the only
 // one a finished fiber leaves behind.
@@ -158,7 +160,12 @@ struct Block {
   const void* scheduler_bottom = nullptr;  // the scheduler's stack, as AddressSanitizer reports it
   size_t scheduler_size = 0;
   unsigned char* shared = nullptr;
-  std::string error;  // set while a block runs: the launch stops
+  const void* kernel = nullptr;
+  size_t dynamic = 0;                // the launch's dynamic shared memory
+  long long optin = -1;              // the kernel's cudaFuncSetAttribute opt-in, -1 without one
+  std::vector<const void*> statics;  // the static __shared__ variables reached in this launch
+  std::string error;                 // set while a block runs: the launch stops
+  cudaError_t error_code = cudaErrorLaunchFailure;  // with `error`
 };
 
 thread_local Block* running = nullptr;
@@ -169,6 +176,35 @@ std::mutex attr_mutex;
 std::map<const void*, int>& max_dynamic() {
   static std::map<const void*, int> m;
   return m;
+}
+// Per kernel, the static __shared__ variables it reached so far and their bytes (under attr_mutex).
+std::map<const void*, std::map<const void*, size_t>>& static_vars() {
+  static std::map<const void*, std::map<const void*, size_t>> m;
+  return m;
+}
+size_t static_bytes_locked(const void* kernel) {
+  size_t total = 0;
+  const auto it = static_vars().find(kernel);
+  if (it != static_vars().end())
+    for (const auto& v : it->second) total += v.second;
+  return total;
+}
+
+// Why CUDA refuses a kernel with `stat` bytes of static shared memory launched with `dynamic` bytes of
+// dynamic shared memory, under the opt-in `optin` (-1: none); empty when it does not.
+std::string static_shared_error(size_t stat, size_t dynamic, long long optin) {
+  if (stat == 0) return "";
+  const std::string s = std::to_string(stat);
+  if (optin < 0) {
+    if (stat + dynamic <= kDefaultShared) return "";
+    return "static shared memory " + s + " B + dynamic " + std::to_string(dynamic) + " B = " +
+           std::to_string(stat + dynamic) + " B over CUDA's limit of " + std::to_string(kDefaultShared) +
+           " B per block without the cudaFuncAttributeMaxDynamicSharedMemorySize opt-in (cudaFuncSetAttribute)";
+  }
+  if (stat + static_cast<size_t>(optin) <= kMaxSharedOptin) return "";
+  return "static shared memory " + s + " B + the cudaFuncSetAttribute opt-in of " + std::to_string(optin) +
+         " B = " + std::to_string(stat + static_cast<size_t>(optin)) + " B over the " +
+         std::to_string(kMaxSharedOptin) + " B a block may hold (sm_80): a GPU refuses that cudaFuncSetAttribute call";
 }
 
 Block& block_or_die() {
@@ -421,6 +457,32 @@ uint64_t shuffle(Shuffle kind, unsigned mask, uint64_t bits, int arg, int width)
 
 void* dynamic_shared_bytes() { return block_or_die().shared; }
 
+bool static_shared(const void* variable, size_t bytes) {
+  if (!running) return true;
+  Block& b = *running;
+  for (const void* v : b.statics)
+    if (v == variable) return true;
+  b.statics.push_back(variable);
+  size_t stat;
+  {
+    std::lock_guard<std::mutex> lock(attr_mutex);
+    static_vars()[b.kernel][variable] = bytes;
+    stat = static_bytes_locked(b.kernel);
+  }
+  const std::string why = static_shared_error(stat, b.dynamic, b.optin);
+  if (!why.empty()) {
+    b.error_code = cudaErrorInvalidValue;  // what the GPU's launch returns: no block runs there
+    fail_in_kernel(why);
+  }
+  return true;
+}
+
+void forget_kernel(const void* kernel) {
+  std::lock_guard<std::mutex> lock(attr_mutex);
+  max_dynamic().erase(kernel);
+  static_vars().erase(kernel);
+}
+
 void set_error(cudaError_t code, const char* msg) {
   pending = code;
   message = msg;
@@ -435,8 +497,10 @@ cudaError_t take_error() {
 const char* last_message() { return message.c_str(); }
 
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
-  if (bytes < 0 || bytes > kMaxDynamicShared) return cudaErrorInvalidValue;
+  if (bytes < 0) return cudaErrorInvalidValue;
   std::lock_guard<std::mutex> lock(attr_mutex);
+  // The static shared memory known from earlier launches counts (else the launch checks it).
+  if (static_bytes_locked(kernel) + static_cast<size_t>(bytes) > kMaxSharedOptin) return cudaErrorInvalidValue;
   max_dynamic()[kernel] = bytes;
   return cudaSuccess;
 }
@@ -454,15 +518,21 @@ void run_grid(const Config& cfg, const void* kernel, const std::function<void()>
     return launch_error(cudaErrorInvalidConfiguration, "a block holds 1 to 1024 threads (z at most 64)");
   if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 0x7fffffffu || g.y > 65535 || g.z > 65535)
     return launch_error(cudaErrorInvalidConfiguration, "grid sizes are 1..2**31-1 (x) and 1..65535 (y, z)");
-  int limit = kDefaultDynamicShared;
+  long long optin = -1;
+  size_t stat = 0;
   {
     std::lock_guard<std::mutex> lock(attr_mutex);
     const auto it = max_dynamic().find(kernel);
-    if (it != max_dynamic().end()) limit = it->second;
+    if (it != max_dynamic().end()) optin = it->second;
+    stat = static_bytes_locked(kernel);
   }
-  if (cfg.smem > static_cast<size_t>(limit))
+  const size_t limit = optin < 0 ? kDefaultShared : static_cast<size_t>(optin);
+  if (cfg.smem > limit)
     return launch_error(cudaErrorInvalidValue, "dynamic shared memory over this kernel's limit of " +
                                                    std::to_string(limit) + " B (cudaFuncSetAttribute)");
+  // The static shared memory of earlier launches; a first launch checks it as the threads reach it.
+  const std::string static_why = static_shared_error(stat, cfg.smem, optin);
+  if (!static_why.empty()) return launch_error(cudaErrorInvalidValue, static_why);
 
   // Each fiber stack sits above a PROT_NONE page (stacks grow down), so an overflow faults instead of
   // corrupting the neighbouring stack.
@@ -476,6 +546,7 @@ void run_grid(const Config& cfg, const void* kernel, const std::function<void()>
 
   Block b;
   b.grid = g, b.block = k, b.body = &body;
+  b.kernel = kernel, b.dynamic = cfg.smem, b.optin = optin;
   b.fibers.resize(threads);
   b.shared = reinterpret_cast<unsigned char*>(shared.data());
   Order& order = order_state;
@@ -495,6 +566,7 @@ void run_grid(const Config& cfg, const void* kernel, const std::function<void()>
       running = nullptr;
       for (unsigned long long t = 0; t < threads; ++t) unpoison(stacks + t * kStackBytes + page, kStackBytes - page);
       munmap(map, bytes);
+      if (b.error_code != cudaErrorLaunchFailure) return launch_error(b.error_code, b.error);  // a refused launch
       return launch_error(cudaErrorLaunchFailure, "block " + tid_str(b.bid) + ": " + b.error);
     }
   }
@@ -504,6 +576,11 @@ void run_grid(const Config& cfg, const void* kernel, const std::function<void()>
 }
 
 }  // namespace emu
+
+extern "C" void pvdm_emu_reset_attributes() {
+  std::lock_guard<std::mutex> lock(emu::attr_mutex);
+  emu::max_dynamic().clear();
+}
 
 const char* cudaGetErrorString(cudaError_t code) {
   if (code == cudaSuccess) return "no error";

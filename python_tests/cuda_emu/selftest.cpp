@@ -64,6 +64,17 @@ __global__ void shuffle_after_exit(float* out) {
 
 __global__ void nothing(float*) {}
 
+// 1 KB of static shared memory next to the dynamic: out[block * 64 + t] = 3 t + 1 from both, 64 threads.
+__global__ void static_and_dynamic(float* out) {
+  extern __shared__ float smem[];
+  __shared__ float table[256];
+  const int t = threadIdx.x;
+  table[t] = static_cast<float>(t);
+  smem[t] = static_cast<float>(2 * t + 1);
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + t] = table[t] + smem[t];
+}
+
 // Thread i copies in[i]; launched with one thread more than `in` holds (the memcheck test's control).
 __global__ void copy(const float* in, float* out) { out[threadIdx.x] = in[threadIdx.x]; }
 
@@ -111,6 +122,33 @@ int emu_launch_shape(int gx, int gy, int bx, int by, int bz, int smem, int smem_
     return static_cast<int>(e);
   }
   nothing<<<dim3(gx, gy), dim3(bx, by, bz), static_cast<size_t>(smem)>>>(nullptr);
+  return finish(msg, cap);
+}
+
+// static_and_dynamic (1 KB static) on 2 blocks of 64 threads with `smem` bytes of dynamic shared memory,
+// after cudaFuncSetAttribute(smem_limit) unless smem_limit is negative (a refused setting returns its
+// error). The emulation first forgets the kernel; with `warm` it then runs it once (64 floats dynamic),
+// so that it knows the static size before the attribute call and the launch.
+int emu_static_shared(float* out, int smem, int smem_limit, int warm, char* msg, int cap) {
+  ::emu::forget_kernel(reinterpret_cast<const void*>(static_and_dynamic));
+  if (warm) {
+    static_and_dynamic<<<1, 64, 64 * sizeof(float)>>>(out);
+    if (finish(msg, cap) != 0) return -1;
+  }
+  if (smem_limit >= 0) {
+    const cudaError_t e = cudaFuncSetAttribute(static_and_dynamic, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit);
+    if (e != cudaSuccess) {
+      std::snprintf(msg, static_cast<size_t>(cap), "cudaFuncSetAttribute refused %d bytes", smem_limit);
+      return static_cast<int>(e);
+    }
+  }
+  static_and_dynamic<<<2, 64, static_cast<size_t>(smem)>>>(out);
+  return finish(msg, cap);
+}
+
+// static_and_dynamic again, with whatever setting the emulation kept.
+int emu_static_shared_again(float* out, int smem, char* msg, int cap) {
+  static_and_dynamic<<<2, 64, static_cast<size_t>(smem)>>>(out);
   return finish(msg, cap);
 }
 
