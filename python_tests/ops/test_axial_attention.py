@@ -11,6 +11,8 @@ from pvdm_fast.ops.axial_attention import axial_attention_reference, lines_and_l
 from pvdm_fast.ops.rotary import (rotary_cos_sin, space_angles, space_scales, time_angles, time_inv_freqs)
 from tolerances import assert_close_2x, assert_fp32_close
 
+from ._attention_launches import pick_gpu_tiles, record_launches
+
 # (qkv grid shape without the last dim, heads, head dim, axis, rotary, extra token, first query only)
 CASES = [
     ((1, 16, 2, 3), 2, 64, "time", True, None, False),        # the 16-frame time axis, packed 4 lines a tile
@@ -281,6 +283,66 @@ def test_bad_inputs_raise_value_error():
     with use_backend("triton"), pytest.raises(RuntimeError, match="supports float32, float16, bfloat16"):
         axial_attention(qkv.double(), 2, "time")
     assert dispatch.select(dispatch.REGISTRY["axial_attention"], qkv) == "reference"
+
+
+# ---- paths only a GPU takes with the launchers' own tile choice, forced in the interpreter
+
+def _assert_matches_truth(case, dtype, inputs, got, what):
+    truth = _truth(case, *inputs)
+    same_dtype = _truth(case, *inputs, dtype=dtype) if dtype != torch.float32 else truth
+    assert len(got) == len(truth)
+    for name, out, ref, t in zip(NAMES, got, same_dtype, truth):
+        assert out.dtype == dtype and out.shape == t.shape, name
+        if dtype == torch.float32:
+            assert_fp32_close(out, t, f"{what} {name}")
+        else:
+            assert_close_2x(out, ref, t, f"{what} {name}")
+
+
+GPU_TILE_CASES = [3, 11]  # 65 and 66 positions: one 128-row q tile forward, two 64-key blocks backward
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", [CASES[i] for i in GPU_TILE_CASES], ids=[IDS[i] for i in GPU_TILE_CASES])
+def test_gpu_tile_choice(monkeypatch, case, dtype):
+    # On a GPU the forward runs 128-row q tiles (head dim <= 64); the interpreter picks 64. And in fp16 only
+    # these lengths make the backward take delta = rowsum(dO * O) from the stored fp16 output over several
+    # key blocks: the other fp16 cases fit one key tile or query once (delta from P * dP in float32).
+    pick_gpu_tiles(monkeypatch)
+    launches = record_launches(monkeypatch)
+    inputs = _inputs(case, dtype)
+    got = _run("triton", case, *inputs)
+    assert [launch.kernel for launch in launches] == ["forward", "dq", "dkdv"]
+    fwd, dq, dkdv = launches
+    assert fwd.dtype == dtype and (fwd.G, fwd.BMP, fwd.programs) == (1, 128, case[1])  # one tile a head
+    assert dq.dtype == dtype and not dq.ONE_KB and not dq.F32                          # delta from O
+    assert (dkdv.BNP, dkdv.programs) == (64, 2 * case[1])                              # two key blocks
+    _assert_matches_truth(case, dtype, inputs, got, f"triton {dtype} GPU tiles")
+
+
+HEAD_DIM_128_CASES = [
+    ((2, 33), 2, 128, "sequence", True, "line", False),     # two 32-row q and key blocks, rotary, line token
+    ((1, 70), 1, 128, "sequence", False, "shared", False),  # three of each, the last 6 rows long
+    ((1, 40), 1, 128, "sequence", True, "shared", True),    # first query only, over two 32-key blocks
+]
+
+
+@pytest.mark.parametrize("case", HEAD_DIM_128_CASES, ids=lambda c: f"{c[0][1]}-h{c[1]}{'-first' if c[6] else ''}")
+def test_fp32_head_dim_128_backward_in_32_row_tiles(monkeypatch, case):
+    # The float32 backward at head dim 128 cuts 32-row tiles (_tiles: shared memory of sm_86/sm_89); the
+    # other interpreter case at head dim 128 is short enough to pack, so only the GPU tests reached them.
+    launches = record_launches(monkeypatch)
+    inputs = _inputs(case, torch.float32)
+    got = _run("triton", case, *inputs)
+    assert [launch.kernel for launch in launches] == ["forward", "dq", "dkdv"]
+    lines, length = lines_and_length((*case[0], 1), case[3])
+    lq = 1 if case[6] else length
+    heads = math.prod(lines) * case[1]
+    for launch in launches[1:]:
+        assert (launch.G, launch.BNP, launch.BD, launch.dtype) == (1, 32, 128, torch.float32)
+        assert launch.BMP == min(32, max(16, lq))
+    assert launches[1].programs == heads * -(-lq // 32) and launches[2].programs == heads * -(-length // 32) > heads
+    _assert_matches_truth(case, torch.float32, inputs, got, "triton fp32 head dim 128")
 
 
 # ---- GPU: bf16 and full sizes (skipped without a device)

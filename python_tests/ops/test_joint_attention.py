@@ -9,6 +9,8 @@ from pvdm_fast.ops import dispatch, joint_attention, use_backend
 from pvdm_fast.ops.joint_attention import joint_attention_reference
 from tolerances import assert_close_2x, assert_fp32_close
 
+from ._attention_launches import pick_gpu_tiles, record_launches
+
 # (B, heads, head dim, L, token-major qkv)
 CASES = [
     (1, 2, 32, 37, False),            # odd length, channels-first
@@ -70,6 +72,31 @@ def test_fp16_within_twice_torch_error(case):
     for name, out, ref, t in zip(["out", "dqkv"], got, same_dtype, truth):
         assert out.dtype == torch.float16
         assert_close_2x(out, ref, t, f"triton fp16 {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", [CASES[2], (1, 2, 32, 70, True)], ids=[IDS[2], "b1-h2d32-L70-tokmajor"])
+def test_gpu_tile_choice(monkeypatch, case, dtype):
+    # On a GPU the forward runs 128-row q tiles (head dim <= 64), which the interpreter never picks; the
+    # backward then takes delta = rowsum(dO * O) from that output over two 64-key blocks.
+    pick_gpu_tiles(monkeypatch)
+    launches = record_launches(monkeypatch)
+    qkv, dout = _inputs(case, dtype)
+    got = _run("triton", case, qkv, dout)
+    assert [launch.kernel for launch in launches] == ["forward", "dq", "dkdv"]
+    fwd, dq, dkdv = launches
+    b, heads = case[:2]
+    assert fwd.dtype == dtype and (fwd.G, fwd.BMP, fwd.programs) == (1, 128, b * heads)  # one tile a head
+    assert dq.dtype == dtype and not dq.ONE_KB and not dq.F32                            # delta from O
+    assert (dkdv.BNP, dkdv.programs) == (64, 2 * b * heads)                              # two key blocks
+    truth = _truth(case, qkv, dout)
+    same_dtype = _truth(case, qkv, dout, dtype) if dtype != torch.float32 else truth
+    for name, out, ref, t in zip(["out", "dqkv"], got, same_dtype, truth):
+        assert out.dtype == dtype and out.shape == t.shape
+        if dtype == torch.float32:
+            assert_fp32_close(out, t, f"triton GPU tiles {name}")
+        else:
+            assert_close_2x(out, ref, t, f"triton fp16 GPU tiles {name}")
 
 
 def test_legacy_order_and_memory_order():

@@ -325,11 +325,45 @@ def test_triton_backward_in_blocks_of_rows_and_tokens(monkeypatch, norm, wide):
         return 4, -(-blocks // 4)
 
     monkeypatch.setattr(_launch, "blocks_per_program", four_each)
+    sums = _RecordingKernel(tri._sums_kernel)
+    monkeypatch.setattr(tri, "_sums_kernel", sums)
     inputs = _inputs(b, t, h, w, c, e, torch.float32)
     got = _run(triplane_decode, "triton", (t, h, w), *inputs, norm)
     assert_fp32_matches(got, _truth((t, h, w), *inputs, norm), "triton")
+    # the launch itself walked h = 7 in 4 blocks of 2 rows (not just the block rule above)
+    assert [(o["BLOCK_Y"], o["HAS_NORM"], o["WIDE"]) for o in sums.launches] == [(2, norm, wide)]
     if norm:
         assert calls and calls[0] > 4
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_triton_fp16_backward_in_blocks_of_rows(monkeypatch, norm):
+    # The GPU test's fp16/bf16 base shape is where the axis-sum kernel walks rows in blocks (16-byte slices of
+    # 8 channels); forced here as above: 2-row tiles over h = 7 at fp16's channel slice.
+    from pvdm_fast.ops.triton import triplane_decode as tri
+
+    b, t, h, w, c, e = CASES[0]
+    monkeypatch.setattr(tri, "SUMS_TILE", 2 * 4 * 8)
+    sums = _RecordingKernel(tri._sums_kernel)
+    monkeypatch.setattr(tri, "_sums_kernel", sums)
+    inputs = _inputs(b, t, h, w, c, e, torch.float16)
+    got = _run(triplane_decode, "triton", (t, h, w), *inputs, norm)
+    assert [(o["BLOCK_Y"], o["BLOCK_X"], o["BLOCK_CC"], o["HAS_NORM"]) for o in sums.launches] == [(2, 4, 8, norm)]
+    torch_fp16 = _run(triplane_decode, "reference", (t, h, w), *inputs, norm)  # see BASELINE
+    assert_low_within_2x(got, torch_fp16, _truth((t, h, w), *inputs, norm), torch.float16, "triton fp16 row blocks")
+
+
+class _RecordingKernel:
+    """A Triton kernel that records the keyword options (constexprs) of each `kernel[grid](...)` launch."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **options):
+            self.launches.append(options)
+            return self.kernel[grid](*args, **options)
+        return launch
 
 
 # ---- the CUDA kernels in the CPU emulation (python_tests/cuda_emu): the GPU test's cases and dtypes,
@@ -370,11 +404,13 @@ def test_emulated_cuda_unaligned_storage_uses_scalar_path(emulated_cuda):
 # The axis-sum backward keeps T*(h+w) rows of 16-byte accumulators in dynamic shared memory; CUDA's
 # default 48 KB per block covers static and dynamic shared memory together, so past it (or at it, with the
 # LayerNorm variant's 128 B of static scratch) the launcher must raise the kernel's limit first.
+# The boundary cases come first: a kernel's opt-in lasts for the process, so a larger case run before
+# them would hide a launcher that forgets to opt in at the boundary.
 SHARED_48KB_CASES = [
-    (26, 30, 30, 8, torch.float16),   # 1560 rows: 49920 B of dynamic shared memory alone
     (16, 48, 48, 8, torch.float16),   # 1536 rows: exactly 49152 B dynamic, + 128 B static with the norm
     (24, 32, 32, 8, torch.bfloat16),  # the same bytes at another shape and dtype
     (16, 96, 96, 4, torch.float32),   # 3072 rows of float32 x4: 49152 B
+    (26, 30, 30, 8, torch.float16),   # 1560 rows: 49920 B of dynamic shared memory alone
 ]
 
 
@@ -399,7 +435,7 @@ def _backward_over_48kb(device, t, h, w, c, dtype, norm):
             assert_fp32_close(got_g.cpu(), r, f"cuda on {device}, {rows} B of shared memory: {name}")
 
 
-@pytest.mark.parametrize("case", SHARED_48KB_CASES[:2], ids=str)
+@pytest.mark.parametrize("case", [SHARED_48KB_CASES[0], SHARED_48KB_CASES[-1]], ids=str)
 @pytest.mark.parametrize("norm", [False, True])
 def test_emulated_cuda_backward_over_48kb_of_shared_memory(emulated_cuda, case, norm):
     _backward_over_48kb("cpu", *case, norm)
