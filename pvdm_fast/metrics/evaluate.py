@@ -243,7 +243,9 @@ def evaluate_recon(*, autoencoder, data: str, num: int = 256, stride: int | None
     model = load_autoencoder(autoencoder).to(device).eval()
     with safe_open(str(autoencoder), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
-    stride = stride or int((config.get("data") or {}).get("frame_stride", 1))
+    trained_on = config.get("data") or {}  # the data settings the autoencoder was trained with, if recorded
+    stride = stride or int(trained_on.get("frame_stride", 1))
+    antialias = bool(trained_on.get("antialias", True))
     cfg = model.config
     lp = _lpips(lpips, lpips_heads, device)
     rank, world = dist_rank_world()
@@ -251,10 +253,11 @@ def evaluate_recon(*, autoencoder, data: str, num: int = 256, stride: int | None
         raise ValueError("pvdm eval recon runs in one process; launch it without torchrun")
     batches = iter_dataset_batches(data, num=num, frames=cfg.frames, stride=stride, resolution=cfg.resolution,
                                    batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers,
-                                   as_uint8=False)
+                                   as_uint8=False, antialias=antialias)
     result = evaluate_reconstruction(model, batches, lp, device=device, progress=progress)
     protocol = {"autoencoder_sha256": _sha256(autoencoder), "data": data, "split": split, "fold": fold,
                 "num": num, "frames": cfg.frames, "stride": stride, "resolution": cfg.resolution, "seed": seed,
+                "antialias": antialias,
                 "clip_sampling": CLIP_SAMPLING, "psnr": "per video on [0, 1], mean over videos",
                 "ssim": "Gaussian 11x11 sigma 1.5, valid, per frame, mean over frames and videos"}
     if lp is not None:

@@ -22,7 +22,8 @@ def dist_rank_world() -> tuple[int, int]:
 
 def iter_dataset_batches(spec: str, *, num: int, frames: int, stride: int, resolution: int, batch_size: int,
                          seed: int = 0, split: str | None = None, fold: int = 1, workers: int = 0,
-                         rank: int = 0, world_size: int = 1, as_uint8: bool = True) -> Iterator:
+                         rank: int = 0, world_size: int = 1, as_uint8: bool = True,
+                         antialias: bool = True) -> Iterator:
     """uint8 (B, frames, R, R, 3) clips of a `FORMAT:PATH` dataset: `num` videos drawn with a seeded
     permutation, one clip each at a seeded random start (the training clip sampling), quantised to
     uint8 like generated samples so both sides take the same path into the network (as_uint8=False:
@@ -30,7 +31,7 @@ def iter_dataset_batches(spec: str, *, num: int, frames: int, stride: int, resol
     from pvdm_fast.data import open_dataset
 
     dataset = open_dataset(spec, resolution=resolution, frames=frames, stride=stride, mode="train",
-                           split=split, fold=fold, seed=seed, substitute=True)
+                           split=split, fold=fold, seed=seed, antialias=antialias, substitute=True)
     if len(dataset) < num:
         raise ValueError(f"{spec} has {len(dataset)} usable videos for {frames} frames at stride {stride}, "
                          f"fewer than the {num} requested (lower --num)")

@@ -105,6 +105,8 @@ class AutoencoderTrainer(Trainer):
 
             self.ema = EMA(self.model, tc.ema_decay, tc.ema_every, tc.ema_warmup)
         self._preview = None
+        self._latest: dict[str, float] = {}  # each part's last metrics (the GAN stage alternates them)
+        self._disc_turn = False
 
     def ema_module(self):
         return self.model
@@ -120,6 +122,19 @@ class AutoencoderTrainer(Trainer):
     @property
     def gan_active(self) -> bool:
         return 0 <= self.tc.gan_start_step <= self.step
+
+    def part_updates(self, name: str) -> int:
+        """Alternating, the GAN stage's steps are shared: the autoencoder updates on even ones from
+        gan_start_step on, the discriminators on odd ones (and on every one with gan_alternate=false)."""
+        total, start = self.total_steps, self.tc.gan_start_step
+        gan_steps = total - start if 0 <= start < total else 0
+        disc = gan_steps // 2 if self.tc.gan_alternate else gan_steps
+        if name == "disc":
+            return disc
+        return total - disc if self.tc.gan_alternate else total
+
+    def ema_due(self) -> bool:
+        return not self._disc_turn
 
     def train_step(self, batches: list[dict]) -> dict[str, float]:
         tc = self.tc
@@ -164,7 +179,7 @@ class AutoencoderTrainer(Trainer):
         # Officially the GAN stage alternates optimizer steps: the autoencoder's, then the discriminators'
         # on the next batches and on reconstructions by the updated autoencoder (gan_alternate=false:
         # both every step, on the same batch).
-        disc_turn = gan and tc.gan_alternate and (self.step - tc.gan_start_step) % 2 == 1
+        disc_turn = self._disc_turn = gan and tc.gan_alternate and (self.step - tc.gan_start_step) % 2 == 1
         metrics: dict[str, float] = {}
         if disc_turn:
             with torch.no_grad(), self.autocast():
@@ -185,7 +200,10 @@ class AutoencoderTrainer(Trainer):
             metrics.update(d_metrics)
         if self._preview is None and self.ctx.is_main:
             self._preview = batches[0]["video"][:4].detach().clone()
-        return metrics
+        # Every step reports both parts' latest metrics: alternating, a log every even number of steps
+        # would otherwise only ever see one of them.
+        self._latest.update(metrics)
+        return dict(self._latest)
 
     def _file_config(self) -> dict:
         """The config an autoencoder file carries: the model, and the data settings it was trained on
@@ -231,6 +249,6 @@ class AutoencoderTrainer(Trainer):
         from pvdm_fast.models.io import save_weights
 
         path = self.run_dir / "autoencoder.safetensors"
-        state = self.ema.state_dict() if self.ema is not None else self.model.state_dict()
+        state = self.exported_state(self.model)
         save_weights(path, state, "autoencoder", self._file_config())
         return [path]

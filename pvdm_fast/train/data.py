@@ -33,6 +33,9 @@ class ResumableSampler(ShardedSampler):
 
 def batch_stream(dataset, local_batch: int, *, rank: int, world_size: int, seed: int, skip: int,
                  num_workers: int, device: torch.device) -> Iterator[dict]:
+    if len(dataset) < world_size:
+        raise ValueError(f"the training data has {len(dataset)} item(s) (videos, for a latent cache), fewer than "
+                         f"the {world_size} processes: each needs at least one; use fewer processes or more data")
     if num_workers < 0:
         num_workers = min(8, os.cpu_count() or 1)
     sampler = ResumableSampler(len(dataset), rank, world_size, seed, skip)

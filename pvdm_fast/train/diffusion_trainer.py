@@ -213,6 +213,6 @@ class DiffusionTrainer(Trainer):
         from pvdm_fast.models.io import save_weights
 
         path = self.run_dir / "diffusion.safetensors"
-        state = self.ema.state_dict() if self.ema is not None else self.model.state_dict()
+        state = self.exported_state(self.model)
         save_weights(path, state, "diffusion", self._file_config())
         return [path]

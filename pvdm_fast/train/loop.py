@@ -215,6 +215,25 @@ class Trainer:
     def maybe_compile(self, module: nn.Module) -> nn.Module:
         return torch.compile(module) if self.tc.compile else module
 
+    def part_updates(self, name: str) -> int:
+        """How many updates optimizer `name` makes over the whole run (the horizon of its lr schedule)."""
+        return self.total_steps
+
+    def exported_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The weights a run exports: the EMA's, or the trained ones when there is no EMA or it never
+        averaged (ema_every longer than the run: its shadow is still the random initialisation)."""
+        if self.ema is None:
+            return model.state_dict()
+        if self.ema.updates == 0:
+            self.logger.write(f"the EMA never averaged (ema_every={self.ema.every}, {self.step} steps): "
+                              "exporting the trained weights instead of the initial ones")
+            return model.state_dict()
+        return self.ema.state_dict()
+
+    def ema_due(self) -> bool:
+        """Whether the step just taken moved the EMA's module (then the EMA may average it)."""
+        return True
+
     def make_part(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float,
                   scheduler=None) -> Part:
         """A stage's own scheduler is kept unless the config asks for a decay (or a warm-up the stage
@@ -222,7 +241,7 @@ class Trainer:
         optimizer's own updates (a discriminator's start at gan_start_step)."""
         tc = self.tc
         if tc.lr_decay != "none" or (scheduler is None and tc.warmup_steps > 0):
-            factor = functools.partial(lr_factor, warmup_steps=tc.warmup_steps, total_steps=self.total_steps,
+            factor = functools.partial(lr_factor, warmup_steps=tc.warmup_steps, total_steps=self.part_updates(name),
                                        decay=tc.lr_decay, min_ratio=tc.min_lr_ratio)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         scaler = torch.amp.GradScaler(self.ctx.device.type) if self.dtype == torch.float16 else None
@@ -340,6 +359,7 @@ class Trainer:
                                  f"({saved[key]} vs {value}); resume with the run's own config")
         self.load_weights(checkpoint)
         state = checkpoint.state()
+        self._note_new_settings(state)
         for k, p in self.parts.items():
             configured = [{h: g[h] for h in HYPERPARAMETERS if h in g} | {"lr": g.get("initial_lr", g["lr"])}
                           for g in p.optimizer.param_groups]
@@ -352,7 +372,7 @@ class Trainer:
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if self.ema is not None:
-            self.ema.updates = self._ema_updates(state)
+            self.ema.updates = self._ema_updates(state, checkpoint)
         if state["world_size"] == self.ctx.world_size:
             rng.restore(state["rng"][self.ctx.rank])
         elif self.ctx.is_main:
@@ -360,10 +380,29 @@ class Trainer:
                   "the data order and global RNG streams differ from an uninterrupted run")
         self.last_checkpoint = checkpoint.dir
 
-    def _ema_updates(self, state: dict) -> int:
-        """The EMA warm-up's position: saved by this version; None when the run had no EMA (it starts
-        now, from the loaded weights); a checkpoint of an older version updated every ema_every steps."""
+    # settings added with the EMA warm-up (whose count training states hold since) that change what an
+    # older run's next steps do; the EMA itself goes on as it was (see _ema_updates)
+    BEHAVIOUR_SETTINGS = {"gan_alternate": False}  # setting -> what older versions did
+
+    def _note_new_settings(self, state: dict) -> None:
+        if "ema_updates" in state or not self.ctx.is_main:
+            return
+        for key, old in self.BEHAVIOUR_SETTINGS.items():
+            if getattr(self.tc, key, old) != old:
+                print(f"this checkpoint was written by an older pvdm_fast: the run continues with {key}="
+                      f"{getattr(self.tc, key)} (pass {key}={str(old).lower()} to keep the old behaviour)")
+
+    def _ema_updates(self, state: dict, checkpoint=None) -> int:
+        """The EMA warm-up's position: saved by this version; None, or no EMA weights in the checkpoint,
+        when the run had no EMA (it starts now, from the loaded weights). A checkpoint of an older version
+        averaged with a constant decay: it goes on without the warm-up, as it was."""
+        if checkpoint is not None and not set(checkpoint.manifest.get("weights", {})) & {"ema", "autoencoder_ema"}:
+            return 0
         if "ema_updates" not in state:
+            if self.ema.warmup and self.ctx.is_main:
+                print("this checkpoint was written before the EMA warm-up existed: its EMA goes on with the "
+                      "constant decay it had (a new run uses LitEma's warm-up)")
+            self.ema.warmup = False
             return self.step // self.ema.every
         return int(state["ema_updates"] or 0)
 
@@ -448,7 +487,7 @@ class Trainer:
                         break
                     metrics = self.train_step(batches)
                     self.step += 1
-                    if self.ema is not None:
+                    if self.ema is not None and self.ema_due():
                         self.ema.maybe_update(self.ema_module(), self.step)
                     self._after_step(metrics)
             if interrupted:

@@ -84,7 +84,7 @@ def test_inception_score(files):
     assert 1.0 <= result["is"] <= 5.0 and result["is_std"] >= 0 and result["protocol"]["splits"] == 2
 
 
-def test_recon(tmp_path):
+def test_recon(tmp_path, monkeypatch):
     from dataclasses import asdict
 
     from pvdm_fast.configs import load_config
@@ -99,6 +99,19 @@ def test_recon(tmp_path):
     result = json.loads((tmp_path / "ae.recon.json").read_text())
     assert result["count"] == 2 and np.isfinite(result["psnr"]) and -1 <= result["ssim"] <= 1
     assert result["protocol"]["frames"] == config.frames and result["protocol"]["resolution"] == config.resolution
+    assert result["protocol"]["antialias"] is True
+    # a trainer's file records the resize it was trained with: recon scores clips resized the same way
+    import pvdm_fast.metrics.evaluate as evaluate_module
+
+    seen = []
+    real = evaluate_module.iter_dataset_batches
+    monkeypatch.setattr(evaluate_module, "iter_dataset_batches", lambda *a, **k: seen.append(k) or real(*a, **k))
+    plain = tmp_path / "plain.safetensors"
+    save_weights(plain, Autoencoder(config).state_dict(), "autoencoder",
+                 {"autoencoder": asdict(config), "data": {"frame_stride": 1, "antialias": False}})
+    assert _run("recon", "--autoencoder", str(plain), "--data", "synthetic:3", "--num", "2", "--batch-size", "2") == 0
+    assert seen[-1]["antialias"] is False
+    assert json.loads((tmp_path / "plain.recon.json").read_text())["protocol"]["antialias"] is False
 
 
 def test_reconstruction_identity():

@@ -90,12 +90,21 @@ def test_feature_matching_sums_layers():
 
 def test_ema_position_on_resume():
     """Saved count wins; a run that had no EMA starts the warm-up now; a checkpoint written before the
-    count was saved is taken to have updated every ema_every steps."""
+    count was saved updated every ema_every steps with a constant decay, and keeps it."""
     from types import SimpleNamespace
 
     from pvdm_fast.train.loop import Trainer
 
-    trainer = SimpleNamespace(step=100, ema=SimpleNamespace(every=25))
-    assert Trainer._ema_updates(trainer, {"ema_updates": 7}) == 7
-    assert Trainer._ema_updates(trainer, {"ema_updates": None}) == 0
-    assert Trainer._ema_updates(trainer, {}) == 4
+    def trainer():
+        return SimpleNamespace(step=100, ema=SimpleNamespace(every=25, warmup=True), ctx=SimpleNamespace(is_main=True))
+
+    def checkpoint(*weights):
+        return SimpleNamespace(manifest={"weights": dict.fromkeys(weights, "diffusion")})
+
+    t = trainer()
+    assert Trainer._ema_updates(t, {"ema_updates": 7}, checkpoint("unet", "ema")) == 7 and t.ema.warmup
+    assert Trainer._ema_updates(t, {"ema_updates": None}, checkpoint("unet")) == 0
+    assert Trainer._ema_updates(t, {}, checkpoint("unet")) == 0  # an older run without EMA: it starts now
+    # an older run with a constant-decay EMA goes on as it was: no warm-up from its 4 updates on
+    assert Trainer._ema_updates(t, {}, checkpoint("unet", "ema")) == 4 and t.ema.warmup is False
+    assert Trainer._ema_updates(trainer(), {}, checkpoint("autoencoder", "autoencoder_ema")) == 4

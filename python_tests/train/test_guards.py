@@ -49,9 +49,10 @@ def test_discriminators_idle_before_gan_start(tmp_path, tiny_config):
                               tmp_path / "run", data="synthetic:6", ctx=CPU, resume=True, progress=False)
     more.run()
     assert any(not torch.equal(v, trainer.initial[k]) for k, v in more.disc.state_dict().items())
-    # alternating from step 2: the autoencoder's step with the GAN terms, then the discriminators'
+    # alternating from step 2: the autoencoder's step with the GAN terms, then the discriminators' (whose
+    # row also carries the autoencoder's latest metrics)
     assert "ae/g_adv" in more.history[-2] and "disc/loss" not in more.history[-2]
-    assert "disc/loss" in more.history[-1] and "ae/loss" not in more.history[-1]
+    assert "ae/g_adv" in more.history[-1] and "disc/loss" in more.history[-1]
 
 
 @pytest.mark.parametrize("alternate", [True, False])
@@ -298,3 +299,58 @@ def test_bf16_autocast_and_compile_paths_train(tmp_path, tiny_config, tiny_autoe
     assert calls, "compile=true did not call torch.compile"
     for a, b in zip(eager.history, compiled.history):
         assert a["unet/loss"] == pytest.approx(b["unet/loss"], rel=1e-4, abs=1e-6)
+
+
+def test_gan_stage_logs_both_parts_and_each_schedule_ends_at_its_last_update(tmp_path, tiny_config):
+    """Alternating steps, logged every 2 steps: both parts' metrics in every row (one parity only would
+    hide one of them for the whole GAN stage). A linear decay to 0 reaches 0 at each optimizer's own last
+    update (the autoencoder makes fewer updates than steps, the discriminators fewer still)."""
+    trainer = _ae(tiny_config, tmp_path / "run", gan_start_step=2, total_clips=40, log_every=2,
+                  lr_decay="linear", min_lr_ratio=0.0, lr=1e-3, disc_lr=1e-3)
+    seen = {"ae": [], "disc": []}
+    original_build = trainer.build
+
+    def build():
+        original_build()
+        for name, part in (("ae", trainer.g), ("disc", trainer.d)):
+            step = part.optimizer.step
+
+            def recording_step(*args, _step=step, _name=name, _opt=part.optimizer, **kwargs):
+                seen[_name].append(_opt.param_groups[0]["lr"])
+                return _step(*args, **kwargs)
+
+            part.optimizer.step = recording_step
+
+    trainer.build = build
+    trainer.run()  # 10 steps: the autoencoder updates at 0-2, 4, 6, 8; the discriminators at 3, 5, 7, 9
+    assert trainer.part_updates("ae") == len(seen["ae"]) == 6 and trainer.part_updates("disc") == len(seen["disc"]) == 4
+    assert seen["ae"][0] == pytest.approx(1e-3) and seen["ae"][-1] == 0.0
+    assert seen["disc"][0] == pytest.approx(1e-3) and seen["disc"][-1] == 0.0
+    rows = [h for h in trainer.history if h["step"] > 3]
+    assert rows and all("ae/loss" in h and "disc/loss" in h for h in rows)
+
+
+def test_autoencoder_ema_averages_only_after_autoencoder_updates(tmp_path, tiny_config):
+    trainer = _ae(tiny_config, tmp_path / "run", gan_start_step=1, total_clips=20, ema_decay=0.9, ema_every=1)
+    trainer.run()  # 5 steps: the autoencoder updates at 0, 1, 3; the discriminators at 2, 4
+    assert trainer.ema.updates == 3
+
+
+def test_export_without_any_ema_average_writes_the_trained_weights(tmp_path, tiny_config, tiny_autoencoder, capsys):
+    """ema_every longer than the run: the shadow is still the initialisation; the export must not be."""
+    from pvdm_fast.models.io import load_weights
+
+    trainer = _dm(tiny_config, tmp_path / "run", tiny_autoencoder, ema_decay=0.9999, ema_every=100, total_clips=8)
+    trainer.run()
+    assert trainer.ema.updates == 0
+    exported = load_weights(tmp_path / "run" / "diffusion.safetensors")[0]
+    trained = trainer.model.state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in trained.items())
+    assert "EMA never averaged" in capsys.readouterr().out
+
+
+def test_too_few_items_for_the_processes_is_a_clear_error():
+    from pvdm_fast.train.data import batch_stream
+
+    with pytest.raises(ValueError, match="1 item.*fewer than the 2 processes"):
+        batch_stream([{"x": 0}], 1, rank=1, world_size=2, seed=0, skip=0, num_workers=0, device=torch.device("cpu"))

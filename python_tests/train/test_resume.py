@@ -87,14 +87,15 @@ def _logged(run_dir, key):
 def test_resume_with_a_new_lr_uses_it(tmp_path, tiny_config):
     # The checkpoint's optimizer state must not bring the old rates back: lr and disc_lr given with
     # --resume apply from the next update on (the GAN stage starts at step 2, right after the resume, and
-    # alternates: the autoencoder updates at logged steps 3 and 5, the discriminators at 4).
+    # alternates: the autoencoder updates at logged steps 3 and 5, the discriminators at 4; every row
+    # carries each part's latest rate).
     cfg = tiny_config()
     run = tmp_path / "run"
     train("autoencoder", config=str(cfg), out=str(run), data="synthetic:6", progress=False, overrides=["total_clips=8"])
     assert set(_logged(run, "ae/lr").values()) == {1e-3}
     train("autoencoder", resume=str(run), progress=False, overrides=["total_clips=20", "lr=1e-5", "disc_lr=1e-7"])
-    assert _logged(run, "ae/lr") == {1: 1e-3, 2: 1e-3, 3: 1e-5, 5: 1e-5}
-    assert _logged(run, "disc/lr") == {4: 1e-7}
+    assert _logged(run, "ae/lr") == {1: 1e-3, 2: 1e-3, 3: 1e-5, 4: 1e-5, 5: 1e-5}
+    assert _logged(run, "disc/lr") == {4: 1e-7, 5: 1e-7}
     groups = {k: v["param_groups"][0] for k, v in load_checkpoint(run).state()["optimizers"].items()}
     assert groups["ae"]["lr"] == 1e-5 and groups["disc"]["lr"] == 1e-7
 
