@@ -30,9 +30,20 @@ def _inputs(b, c, segs, with_scale, with_shift, dtype, device="cpu", offset=0.0)
     return x, w, bias, scale, shift, dy
 
 
-def _run(backend, x, w, bias, scale, shift, dy, segs, groups, silu):
-    """Output and gradients (x, w, bias, scale, shift) through the public op."""
+def _misaligned(t):
+    """A contiguous copy of t whose data starts one element past the allocation (not 16-byte aligned)."""
+    out = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view_as(t)
+    out.copy_(t)
+    assert out.data_ptr() % 16 != 0
+    return out
+
+
+def _run(backend, x, w, bias, scale, shift, dy, segs, groups, silu, misalign=False):
+    """Output and gradients (x, w, bias, scale, shift) through the public op; `misalign`: x and dy
+    start one element past a 16-byte boundary."""
     leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, w, bias, scale, shift)]
+    if misalign:
+        leaves[0], dy = _misaligned(x).requires_grad_(), _misaligned(dy)
     with use_backend(backend):
         y = group_norm_silu(leaves[0], leaves[1], leaves[2], scale=leaves[3], shift=leaves[4], segments=segs,
                             num_groups=groups, apply_silu=silu)
@@ -192,18 +203,37 @@ def test_gpu_backends(backend, dtype, case):
     _check_backend(backend, dtype, case, "cuda")
 
 
+# The CUDA kernels walk each region's channel rows (gn_rows / gn_row_walk in kernels/group_norm_silu.cuh)
+# in 16-byte items when every segment length is a multiple of 16 bytes' elements, else element by element:
+ROW_WALK_CASES = [
+    (2, 64, [64, 32, 32], 32, True, True, True),    # 16-byte path, UNet-like layout
+    (2, 16, [13, 6, 10], 2, True, True, True),      # 8 channels per group, rows not a multiple of 4 or 8: scalar path
+    (1, 16, [296, 40], 2, True, False, True),       # 16-byte path, 37 (fp16) / 74 (fp32) items: unrolled loop + tail
+    (2, 32, [1], 4, True, True, True),              # a single position (8 per group: with 2, dx is ~0 by cancellation)
+    (1, 512, [24, 8], 2, False, True, True),        # 256 channels per group: more rows than row groups per block
+    (2, 4, [1201], 4, True, True, False),           # one channel per group: all 256 threads on one row, scalar
+]
+
+
 # The CUDA kernels in the CPU emulation (python_tests/cuda_emu), on CPU tensors: the GPU test's checks.
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("case", CASES + [(2, 64, [64, 32, 32], 32, True, True, True)])
+@pytest.mark.parametrize("case", CASES + ROW_WALK_CASES)
 def test_emulated_cuda_kernels(emulated_cuda, dtype, case):
     _check_backend("cuda", dtype, case, "cpu")
     assert emulated_cuda.calls == {"gn_silu_fwd": 1, "gn_silu_bwd": 1}
 
 
-def _check_backend(backend, dtype, case, device):
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_emulated_cuda_kernels_unaligned_rows(emulated_cuda, dtype):
+    # 16-byte-multiple segments, but x and dy one element past a 16-byte boundary: the scalar path.
+    _check_backend("cuda", dtype, ROW_WALK_CASES[0], "cpu", misalign=True)
+    assert emulated_cuda.calls == {"gn_silu_fwd": 1, "gn_silu_bwd": 1}
+
+
+def _check_backend(backend, dtype, case, device, misalign=False):
     b, c, segs, groups, ws, wsh, silu = case
     inputs = _inputs(b, c, segs, ws, wsh, dtype, device=device, offset=1.0)
-    got = _run(backend, *inputs, segs, groups, silu)
+    got = _run(backend, *inputs, segs, groups, silu, misalign=misalign)
     truth = _truth(*[t.cpu() if t is not None else None for t in inputs], segs, groups, silu)
     if dtype == torch.float32:
         for name, out, t in zip(NAMES, got, truth):
