@@ -145,6 +145,14 @@ __device__ __forceinline__ void gn_row_walk(int64_t n, const GnRows& w, Body&& b
   for (; j < n; j += w.tpr) body(j, GnCount<1>{});
 }
 
+// The N items of one gn_row_walk step of a row: item k is row[(j + k * tpr) * VEC ...], all loaded
+// before any is used (several loads in flight).
+template <typename T, int VEC, int N>
+__device__ __forceinline__ void gn_load(const T* row, int64_t j, int64_t tpr, float (&v)[N][VEC]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) load_vec<T, VEC>(row + (j + k * tpr) * VEC, v[k]);
+}
+
 // Sum over the tpr (<= 32) lanes of a row group; every lane of the warp must call it.
 __device__ __forceinline__ float gn_group_sum(float v, int tpr) {
   for (int off = tpr >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);

@@ -53,11 +53,8 @@ __global__ void __launch_bounds__(kGnThreads) gn_silu_bwd_kernel(const GnSiluPar
       gn_row_walk<U>(n, w1, [&](int64_t j, auto u) {
         constexpr int N = decltype(u)::value;
         float xv[N][VEC], gv[N][VEC];
-#pragma unroll
-        for (int k = 0; k < N; ++k) {
-          load_vec<T, VEC>(xr + (j + k * w1.tpr) * VEC, xv[k]);
-          load_vec<T, VEC>(gr + (j + k * w1.tpr) * VEC, gv[k]);
-        }
+        gn_load<T, VEC, N>(xr, j, w1.tpr, xv);
+        gn_load<T, VEC, N>(gr, j, w1.tpr, gv);
 #pragma unroll
         for (int k = 0; k < N; ++k)
 #pragma unroll
@@ -100,11 +97,8 @@ __global__ void __launch_bounds__(kGnThreads) gn_silu_bwd_kernel(const GnSiluPar
     gn_row_walk<U>(n, w2, [&](int64_t j, auto u) {
       constexpr int N = decltype(u)::value;
       float xv[N][VEC], gv[N][VEC];
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        load_vec<T, VEC>(xr + (j + k * w2.tpr) * VEC, xv[k]);
-        load_vec<T, VEC>(gr + (j + k * w2.tpr) * VEC, gv[k]);
-      }
+      gn_load<T, VEC, N>(xr, j, w2.tpr, xv);
+      gn_load<T, VEC, N>(gr, j, w2.tpr, gv);
 #pragma unroll
       for (int k = 0; k < N; ++k) {
 #pragma unroll

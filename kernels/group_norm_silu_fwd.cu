@@ -6,6 +6,24 @@
 
 namespace pvdm {
 
+// This thread's share of sum(f(x)) over the region's cg rows of n items, into NA accumulators.
+template <typename T, int VEC, int U, int NA, typename F>
+__device__ __forceinline__ void gn_region_sum(const T* x, int64_t length, int64_t cg, int64_t n, const GnRows& w,
+                                              float (&acc)[NA], F f) {
+  for (int64_t c = w.group; c < cg; c += w.rows_per_pass) {
+    const T* row = x + c * length;
+    gn_row_walk<U>(n, w, [&](int64_t j, auto u) {
+      constexpr int N = decltype(u)::value;
+      float v[N][VEC];
+      gn_load<T, VEC, N>(row, j, w.tpr, v);
+#pragma unroll
+      for (int k = 0; k < N; ++k)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[(VEC == 1 ? k : e) % NA] += f(v[k][e]);
+    });
+  }
+}
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kGnThreads) gn_silu_fwd_kernel(const GnSiluParams p) {
   constexpr int U = gn_unroll<VEC>(), NA = gn_accs<VEC>();
@@ -17,38 +35,11 @@ __global__ void __launch_bounds__(kGnThreads) gn_silu_fwd_kernel(const GnSiluPar
   const GnRows w = gn_rows(cg, n, kGnThreads);
 
   float acc[NA] = {};
-  for (int64_t c = w.group; c < cg; c += w.rows_per_pass) {
-    const T* row = x + c * p.length;
-    gn_row_walk<U>(n, w, [&](int64_t j, auto u) {
-      constexpr int N = decltype(u)::value;
-      float v[N][VEC];
-#pragma unroll
-      for (int k = 0; k < N; ++k) load_vec<T, VEC>(row + (j + k * w.tpr) * VEC, v[k]);
-#pragma unroll
-      for (int k = 0; k < N; ++k)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[(VEC == 1 ? k : e) % NA] += v[k][e];
-    });
-  }
+  gn_region_sum<T, VEC, U>(x, p.length, cg, n, w, acc, [](float v) { return v; });
   const float mean = block_sum(gn_total(acc), scratch) / static_cast<float>(r.count);
 #pragma unroll
   for (int i = 0; i < NA; ++i) acc[i] = 0.f;
-  for (int64_t c = w.group; c < cg; c += w.rows_per_pass) {
-    const T* row = x + c * p.length;
-    gn_row_walk<U>(n, w, [&](int64_t j, auto u) {
-      constexpr int N = decltype(u)::value;
-      float v[N][VEC];
-#pragma unroll
-      for (int k = 0; k < N; ++k) load_vec<T, VEC>(row + (j + k * w.tpr) * VEC, v[k]);
-#pragma unroll
-      for (int k = 0; k < N; ++k)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          const float d = v[k][e] - mean;
-          acc[(VEC == 1 ? k : e) % NA] += d * d;
-        }
-    });
-  }
+  gn_region_sum<T, VEC, U>(x, p.length, cg, n, w, acc, [mean](float v) { return (v - mean) * (v - mean); });
   const float var = block_sum(gn_total(acc), scratch) / static_cast<float>(r.count);
   const float rstd = 1.f / sqrtf(var + p.eps);
   if (threadIdx.x == 0) {
@@ -66,8 +57,7 @@ __global__ void __launch_bounds__(kGnThreads) gn_silu_fwd_kernel(const GnSiluPar
     gn_row_walk<U>(n, w, [&](int64_t j, auto u) {
       constexpr int N = decltype(u)::value;
       float v[N][VEC];
-#pragma unroll
-      for (int k = 0; k < N; ++k) load_vec<T, VEC>(row + (j + k * w.tpr) * VEC, v[k]);
+      gn_load<T, VEC, N>(row, j, w.tpr, v);
 #pragma unroll
       for (int k = 0; k < N; ++k) {
 #pragma unroll

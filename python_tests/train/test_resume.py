@@ -19,36 +19,31 @@ def _assert_same(a: dict, b: dict):
             assert torch.allclose(a[name][key].float(), b[name][key].float(), rtol=0, atol=1e-6), (name, key)
 
 
-def test_autoencoder_resume_is_exact(tmp_path, tiny_config):
-    # 4 steps of 4 clips (batch 2 x accumulation 2); the GAN stage starts at step 2, so the resumed
-    # half runs the discriminators with optimizer state that was saved before they ever stepped.
-    cfg = tiny_config()
-    names = ["autoencoder", "discriminators"]
-    train("autoencoder", config=str(cfg), out=str(tmp_path / "straight"), data="synthetic:6", progress=False)
-    train("autoencoder", config=str(cfg), out=str(tmp_path / "split"), data="synthetic:6", progress=False,
-          overrides=["total_clips=8"])
-    summary = train("autoencoder", resume=str(tmp_path / "split"), progress=False, overrides=["total_clips=16"])
-    assert summary["step"] == 4
+def _straight_vs_split(tmp_path, stage, names, **common):
+    """The same 16-clip run straight through and stopped after 8 clips then resumed: equal weights."""
+    train(stage, out=str(tmp_path / "straight"), **common)
+    train(stage, out=str(tmp_path / "split"), overrides=["total_clips=8"], **common)
+    train(stage, resume=str(tmp_path / "split"), progress=False, overrides=["total_clips=16"])
     step_a, a = _weights(tmp_path / "straight", names)
     step_b, b = _weights(tmp_path / "split", names)
     assert step_a == step_b == 4
     _assert_same(a, b)
+    return a, b
+
+
+def test_autoencoder_resume_is_exact(tmp_path, tiny_config):
+    # 4 steps of 4 clips (batch 2 x accumulation 2); the GAN stage starts at step 2, so the resumed
+    # half runs the discriminators with optimizer state that was saved before they ever stepped.
+    _, b = _straight_vs_split(tmp_path, "autoencoder", ["autoencoder", "discriminators"],
+                              config=str(tiny_config()), data="synthetic:6", progress=False)
     # and the run really trained: the discriminators moved once the GAN stage began
     first = load_checkpoint(tmp_path / "split" / "checkpoints" / "step-00000002").weights("discriminators")[0]
     assert any(not torch.equal(first[k], b["discriminators"][k]) for k in first)
 
 
 def test_diffusion_resume_is_exact(tmp_path, tiny_config, tiny_autoencoder):
-    cfg = tiny_config()
-    names = ["unet", "ema"]
-    common = dict(config=str(cfg), data="synthetic:6", autoencoder=str(tiny_autoencoder), progress=False)
-    train("diffusion", out=str(tmp_path / "straight"), **common)
-    train("diffusion", out=str(tmp_path / "split"), overrides=["total_clips=8"], **common)
-    train("diffusion", resume=str(tmp_path / "split"), progress=False, overrides=["total_clips=16"])
-    step_a, a = _weights(tmp_path / "straight", names)
-    step_b, b = _weights(tmp_path / "split", names)
-    assert step_a == step_b == 4
-    _assert_same(a, b)
+    _straight_vs_split(tmp_path, "diffusion", ["unet", "ema"], config=str(tiny_config()), data="synthetic:6",
+                       autoencoder=str(tiny_autoencoder), progress=False)
     assert (tmp_path / "split" / "diffusion.safetensors").is_file()
 
 
@@ -63,16 +58,8 @@ def test_diffusion_resume_on_a_latent_cache_is_exact(tmp_path, tiny_config, tiny
                          substitute=False, synthetic_frames=16)
     encode_dataset(load_autoencoder(tiny_autoencoder), clips, tmp_path / "lat", device="cpu", progress=False,
                    autoencoder_id=file_sha256(tiny_autoencoder))
-    cfg = tiny_config()
-    names = ["unet", "ema"]
-    common = dict(config=str(cfg), latents=str(tmp_path / "lat"), autoencoder=str(tiny_autoencoder), progress=False)
-    train("diffusion", out=str(tmp_path / "straight"), **common)
-    train("diffusion", out=str(tmp_path / "split"), overrides=["total_clips=8"], **common)
-    train("diffusion", resume=str(tmp_path / "split"), progress=False, overrides=["total_clips=16"])
-    step_a, a = _weights(tmp_path / "straight", names)
-    step_b, b = _weights(tmp_path / "split", names)
-    assert step_a == step_b == 4
-    _assert_same(a, b)
+    _straight_vs_split(tmp_path, "diffusion", ["unet", "ema"], config=str(tiny_config()),
+                       latents=str(tmp_path / "lat"), autoencoder=str(tiny_autoencoder), progress=False)
     # every video has a pair: a conditional step conditions every clip, as the official 2T clips do
     conditioned = _logged(tmp_path / "straight", "unet/conditioned")
     assert set(conditioned.values()) <= {0.0, 1.0} and 1.0 in conditioned.values(), conditioned
