@@ -54,6 +54,23 @@ def do_bench_ms(fn: Callable[[], object], warmup_ms: int = 25, rep_ms: int = 100
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def host_ms(fn: Callable[[], object], calls: int = 10) -> float:
+    """Host time (Python, dispatch, autograd, launches) of one call, in ms, measured while the GPU is held
+    busy so that no call waits for it. do_bench's events span max(GPU time, about this minus the L2 flush):
+    a row whose `ms` is not well above it timed the CPU, not the kernels."""
+    import time
+
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # ~0.1 s of spinning: the calls below only enqueue
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls * 1e3
+    torch.cuda.synchronize()
+    return host
+
+
 _COPY_GBS: dict[int, float] = {}
 
 

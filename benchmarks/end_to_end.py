@@ -182,6 +182,12 @@ class Bench:
         self.rows.append(row)
         print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
               flush=True)
+        self.save(complete=False)  # a run stopped by gpu_check.sh's timeout keeps its rows
+
+    def save(self, complete: bool) -> None:
+        a = self.args
+        _bench.write_json(a.json, self.rows, benchmark="end_to_end", preset=a.preset,
+                          bf16_matmul_tflops=self.peak_tflops, budget_gib=a.budget_gb, complete=complete)
 
     # ---- measurements
     def training(self, backend: str) -> None:
@@ -284,8 +290,7 @@ def main(argv=None) -> int:
             if bench.device.type == "cuda":
                 torch.cuda.empty_cache()
     _bench.print_table(bench.rows)
-    _bench.write_json(a.json, bench.rows, benchmark="end_to_end", preset=a.preset,
-                      bf16_matmul_tflops=bench.peak_tflops, budget_gib=a.budget_gb)
+    bench.save(complete=True)
     return 1 if any("error" in r for r in bench.rows) else 0
 
 

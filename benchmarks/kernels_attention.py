@@ -9,9 +9,10 @@ tokens; for the UNet, the channels-first (B, 3C, L) qkv is transposed to (B, hea
 output back to (B, C, L). SDPA runs with each of its flash / memory-efficient / cuDNN backends forced,
 and "torch.compile" compiles that whole path (SDPA choosing its backend).
 
-TFLOP/s counts the useful matmul work, 4 * sequences * heads * Lq * Lk * d for the forward and 3.5x
-that for forward + backward (recomputation not counted); GB/s counts qkv read and the output written
-(forward) plus the output, its gradient and qkv re-read and dqkv written (backward).
+TFLOP/s counts the matmul work, 4 * sequences * heads * Lq * Lk * d for the forward and 3.5x that for
+forward + backward (FlashAttention's convention: the backward's recomputation of QK^T counted); GB/s counts
+the qkv the pass needs read (only query 0 with first_query_only) and the output written (forward) plus the
+output, its gradient and that qkv re-read and dqkv written (backward).
 Shapes: the base autoencoder (B 4, T 16, 32x32 grid, 8 heads x 64; axis projections C 384 -> 4 heads
 x 48 over T+1 and h+1 tokens) and the UNet's joint attention at batch 16 (L 2048/512/128, C 256/512/1024).
 """
@@ -79,10 +80,11 @@ def _axial_sdpa(qkv, heads, axis, rotary, first):
 
 
 def _joint_sdpa(qkv, heads):
-    b, width, length = qkv.shape
-    ch = width // (3 * heads)
-    q, k, v = qkv.view(b, heads, 3, ch, length).transpose(-1, -2).unbind(2)
-    return F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, heads * ch, length)
+    """The UNet's SDPA path (unet_blocks.legacy_attention) on the token-major (B, L, 3C) qkv the model holds;
+    `qkv` is its (B, 3C, L) transpose, exactly what the model hands the fused kernel."""
+    from pvdm_fast.models.unet_blocks import legacy_attention
+
+    return legacy_attention(qkv.transpose(1, 2), heads).transpose(1, 2)
 
 
 # ---- cases
@@ -142,8 +144,8 @@ def _measure(op, case, shape, dtype, impls, make_input, flops_f, bytes_f, bytes_
                         return fn(x0)
             else:
                 def call(fn=fn, xg=xg, settings=settings):
-                    with tuning(**settings):
-                        torch.autograd.backward(fn(xg), dout)
+                    with tuning(**settings):  # autograd.grad: no accumulation into xg.grad between calls
+                        torch.autograd.grad(fn(xg), xg, dout)
             flops = flops_f if pass_ == "fwd" else 3.5 * flops_f
             nbytes = bytes_f if pass_ == "fwd" else bytes_f + bytes_b
             row = {"op": op, "case": case, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "pass": pass_,
@@ -201,11 +203,12 @@ def rows(quick: bool = False) -> list[dict]:
                                _axial_sdpa(x, heads, axis, rotary, first)), **_triton_impls(fused, length > 64)}
         elt = torch.finfo(dtype).bits // 8
         qkv_bytes = n * length * 3 * heads * d * elt
+        read_bytes = n * (lq + 2 * length) * heads * d * elt  # q of the queries computed, all of k and v
         out_bytes = n * lq * heads * d * elt
         out_rows += _measure(case["op"], case["case"], "x".join(map(str, case["shape"])) + f" {heads}x{d}", dtype,
                              impls, lambda: torch.randn(*case["shape"], 3 * heads * d, device=dev, dtype=dtype),
-                             4.0 * n * heads * lq * length * d, qkv_bytes + out_bytes,
-                             2 * qkv_bytes + 2 * out_bytes)
+                             4.0 * n * heads * lq * length * d, read_bytes + out_bytes,
+                             read_bytes + qkv_bytes + 2 * out_bytes)
     for case in _joint_cases(quick):
         b, c, length, heads = case["batch"], case["channels"], case["length"], case["heads"]
 
@@ -217,7 +220,7 @@ def rows(quick: bool = False) -> list[dict]:
         elt = torch.finfo(dtype).bits // 8
         qkv_bytes, out_bytes = b * 3 * c * length * elt, b * c * length * elt
         out_rows += _measure(case["op"], f"L{length}", f"B{b} C{c} L{length} {heads} heads", dtype, impls,
-                             lambda: torch.randn(b, 3 * c, length, device=dev, dtype=dtype),
+                             lambda: torch.randn(b, length, 3 * c, device=dev, dtype=dtype).transpose(1, 2),
                              4.0 * b * length * length * c, qkv_bytes + out_bytes, 2 * qkv_bytes + 2 * out_bytes)
     return out_rows
 

@@ -79,9 +79,12 @@ def load_results(folder: pathlib.Path) -> list[dict]:
     for path in sorted(folder.glob("*.json")):
         doc = json.loads(path.read_text())
         key = doc.get("device", path.stem)
-        if key not in newest or path.stat().st_mtime >= newest[key]["_mtime"]:
-            newest[key] = {**doc, "_mtime": path.stat().st_mtime}
-    return list(newest.values())
+        # file mtimes mean nothing in a checkout: the date the run recorded decides (mtime breaks ties)
+        dates = [str(b.get("date", "")) for b in doc.get("benchmarks", {}).values() if isinstance(b, dict)]
+        when = (max(dates, default=""), path.stat().st_mtime)
+        if key not in newest or when >= newest[key]["_when"]:
+            newest[key] = {**doc, "_when": when}
+    return [{k: v for k, v in doc.items() if k != "_when"} for doc in newest.values()]
 
 
 def update_readme(readme: pathlib.Path, table: str) -> None:
