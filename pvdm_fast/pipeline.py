@@ -107,6 +107,10 @@ class Pipeline:
         if ae_grid != unet_grid:
             raise ValueError(f"the autoencoder's latent grid (T, h, w) = {ae_grid} does not match the UNet's "
                              f"{unet_grid}; the two checkpoints were not trained together")
+        e, c = int(self.autoencoder.config.embed_dim), int(self.unet.config.in_channels)
+        if e != c:
+            raise ValueError(f"the autoencoder makes {e}-channel latents but the UNet takes {c}; the two "
+                             "checkpoints were not trained together")
 
     # ---- sampling -----------------------------------------------------------------------------
 

@@ -132,3 +132,19 @@ def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path, monkeypatch):
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_config("demo").autoencoder.channels > 0
+
+
+def test_latent_channels_and_attention_rates_are_checked_with_what_to_set():
+    """An autoencoder with 8 latent channels needs a UNet with 8 in and out (it used to fail deep in the
+    first training step); attention rates no level reaches were silently ignored."""
+    from pvdm_fast.models.unet import UNetConfig
+
+    with pytest.raises(ValueError, match=r"unet.in_channels/out_channels \(4, 4\) must equal autoencoder.embed_dim "
+                                         r"\(8\).*unet.in_channels=8 unet.out_channels=8"):
+        load_config("tiny", ["autoencoder.embed_dim=8"])
+    load_config("tiny", ["autoencoder.embed_dim=8", "unet.in_channels=8", "unet.out_channels=8"])
+    with pytest.raises(ValueError, match="in_channels \\(4\\) and out_channels \\(8\\) must be equal"):
+        UNetConfig(in_channels=4, out_channels=8).validate()
+    with pytest.raises(ValueError, match=r"no level has the down-sampling rate\(s\) \[8\].*the rates are \[1, 2, 4\]"):
+        UNetConfig(channel_mult=(1, 2, 2), attention_resolutions=(8, 2)).validate()
+    UNetConfig(channel_mult=(1, 2, 2), attention_resolutions=(4, 2)).validate()

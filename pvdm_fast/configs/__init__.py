@@ -145,6 +145,12 @@ def _check_consistency(cfg) -> None:
     if unet is not None and (unet.frames, unet.height, unet.width) != grid:
         raise ValueError(f"unet.frames/height/width {(unet.frames, unet.height, unet.width)} must equal the "
                          f"autoencoder's latent grid (T, H/p, W/p) = {grid}")
+    if unet is not None:
+        unet_cfg = section_class("unet")(**OmegaConf.to_container(unet, resolve=True))
+        if (unet_cfg.in_channels, unet_cfg.out_channels) != (ae_cfg.embed_dim,) * 2:
+            raise ValueError(f"unet.in_channels/out_channels ({unet_cfg.in_channels}, {unet_cfg.out_channels}) must "
+                             f"equal autoencoder.embed_dim ({ae_cfg.embed_dim}), the latent channels; set "
+                             f"unet.in_channels={ae_cfg.embed_dim} unet.out_channels={ae_cfg.embed_dim}")
     # the data pipeline makes square clips, so a non-square autoencoder cannot be fed by it
     if data is not None and ((data.resolution, data.resolution), data.frames) != ((hh, ww), ae.frames):
         raise ValueError(f"data.resolution/frames ({data.resolution}, {data.frames}) must equal "

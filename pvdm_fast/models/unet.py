@@ -72,6 +72,15 @@ class UNetConfig:
             raise ValueError("UNetConfig: set num_heads > 0 or num_head_channels > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if int(self.in_channels) != int(self.out_channels):
+            raise ValueError(f"UNetConfig: in_channels ({self.in_channels}) and out_channels ({self.out_channels}) "
+                             "must be equal (the network predicts the noise of its input latent)")
+        rates = [2 ** i for i in range(len(self.channel_mult))]
+        unreachable = sorted(set(self.attention_resolutions) - set(rates))
+        if unreachable:
+            raise ValueError(f"UNetConfig.attention_resolutions {list(self.attention_resolutions)}: no level has the "
+                             f"down-sampling rate(s) {unreachable}; with {len(self.channel_mult)} levels in "
+                             f"channel_mult the rates are {rates}")
         factor = 2 ** (len(self.channel_mult) - 1)
         bad = [f"{n}={s}" for n, s in zip(("frames", "height", "width"), self.grid) if s % factor]
         if bad:

@@ -47,6 +47,10 @@ def check_grids(ae_config, unet_config, source: str) -> None:
     if ae_grid != tuple(int(g) for g in unet_config.grid):
         raise ValueError(f"the autoencoder {source} has latent grid (T, h, w) = {ae_grid}, but the unet config "
                          f"expects {unet_config.grid}; use the config the autoencoder was trained with")
+    e = int(ae_config.embed_dim)
+    if int(unet_config.in_channels) != e:
+        raise ValueError(f"the autoencoder {source} makes {e}-channel latents, but the unet config has in_channels "
+                         f"{unet_config.in_channels}; set unet.in_channels={e} unet.out_channels={e}")
 
 
 class DiffusionTrainer(Trainer):
@@ -151,7 +155,7 @@ class DiffusionTrainer(Trainer):
         return x, cond, valid
 
     def train_step(self, batches: list[dict]) -> dict[str, float]:
-        from pvdm_fast.diffusion.losses import draw_conditioned, joint_loss
+        from pvdm_fast.diffusion.losses import diffusion_loss, draw_conditioned, joint_loss
 
         tc, B = self.tc, self.tc.batch_size
         shape = (int(self.unet_config.in_channels), int(self.unet_config.latent_length))
@@ -160,10 +164,16 @@ class DiffusionTrainer(Trainer):
         def loss_fn(batch, i):
             gen = self.generator(i)
             conditioned = rows_of_rank(self.ctx, draw_conditioned(B, self.cond_prob, generator=gen))
+            if not self.unet_config.cond_model:  # an unconditional UNet: every batch is a random window alone
+                conditioned = torch.zeros_like(conditioned)
             prefix = rows_of_rank(self.ctx, torch.randint(0, frames + 1, (B,), generator=gen))
             t = rows_of_rank(self.ctx, torch.randint(0, self.schedule.num_timesteps, (B,), generator=gen))
             noise = rows_of_rank(self.ctx, torch.randn((B, *shape), generator=gen))
             x, cond, valid = self.latents_of(batch, conditioned, prefix)
+            if not self.unet_config.cond_model:
+                value, _ = diffusion_loss(self.unet_fwd, self.schedule, x, None, loss=self.diffusion_config.loss,
+                                          t=t.to(x.device), noise=noise.to(x.device))
+                return value, {"conditioned": torch.zeros((), device=value.device)}
             out = joint_loss(self.unet_fwd, self.schedule, x, cond, valid, conditioned=conditioned,
                              loss=self.diffusion_config.loss, t=t.to(x.device), noise=noise.to(x.device))
             return out.loss, {"conditioned": out.conditioned.float().mean()}

@@ -102,7 +102,8 @@ def test_base_config_state_dict_matches_official_names_and_shapes(golden):
 @pytest.mark.parametrize("grid,mult", [((8, 8, 12), (1, 2)), ((32, 4, 4), (1, 2)), ((6, 10, 14), (1, 2)),
                                        ((5, 7, 3), (1,)), ((8, 16, 8), (1, 2, 2))])
 def test_any_grid_forward_backward(grid, mult):
-    cfg = tiny(frames=grid[0], height=grid[1], width=grid[2], channel_mult=mult)
+    cfg = tiny(frames=grid[0], height=grid[1], width=grid[2], channel_mult=mult,
+               attention_resolutions=(1, 2)[:len(mult)])  # rates a level reaches (1 level: rate 1 only)
     model = randomized(cfg, dtype=torch.float32)
     x, t, c = inputs(cfg, dtype=torch.float32)
     x.requires_grad_(True)

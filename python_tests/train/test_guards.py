@@ -354,3 +354,14 @@ def test_too_few_items_for_the_processes_is_a_clear_error():
 
     with pytest.raises(ValueError, match="1 item.*fewer than the 2 processes"):
         batch_stream([{"x": 0}], 1, rank=1, world_size=2, seed=0, skip=0, num_workers=0, device=torch.device("cpu"))
+
+
+def test_an_unconditional_unet_trains(tmp_path, tiny_config, tiny_autoencoder):
+    """unet.cond_model=false: the loss passes no condition (it used to pass zeros, which such a UNet refuses
+    on the first step), on raw data and whatever cond_prob says."""
+    cfg = _cfg(tiny_config(unet={"cond_model": False}, train_diffusion={"total_clips": 8}))
+    trainer = DiffusionTrainer(cfg, tmp_path / "run", autoencoder=tiny_autoencoder, data="synthetic:6", ctx=CPU,
+                               progress=False)
+    summary = trainer.run()
+    assert summary["step"] == 2
+    assert all(h["unet/conditioned"] == 0.0 and h["unet/loss"] > 0 for h in trainer.history)
