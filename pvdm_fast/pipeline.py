@@ -62,7 +62,10 @@ class Pipeline:
         self.autoencoder = autoencoder.eval().requires_grad_(False).to(self.device)
         self.unet = unet.eval().requires_grad_(False).to(self.device)
         self.diffusion = diffusion if diffusion is not None else DiffusionConfig()
-        self._check_grids()
+        from pvdm_fast.models.unet import check_latents_match
+
+        check_latents_match(self.autoencoder.config, self.unet.config,
+                            "the two checkpoints were not trained together")
         self.alphas_cumprod = _alphas_cumprod(self.diffusion)
         self._net = torch.compile(self.unet, dynamic=False) if compile else self.unet
         if cuda_graph:
@@ -100,17 +103,6 @@ class Pipeline:
     def latent_shape(self) -> tuple[int, int]:
         """(channels, length) of one flat latent."""
         return (int(self.unet.config.out_channels), int(self.unet.config.latent_length))
-
-    def _check_grids(self) -> None:
-        ae_grid = tuple(int(g) for g in self.autoencoder.config.grid)
-        unet_grid = tuple(int(g) for g in self.unet.config.grid)
-        if ae_grid != unet_grid:
-            raise ValueError(f"the autoencoder's latent grid (T, h, w) = {ae_grid} does not match the UNet's "
-                             f"{unet_grid}; the two checkpoints were not trained together")
-        e, c = int(self.autoencoder.config.embed_dim), int(self.unet.config.in_channels)
-        if e != c:
-            raise ValueError(f"the autoencoder makes {e}-channel latents but the UNet takes {c}; the two "
-                             "checkpoints were not trained together")
 
     # ---- sampling -----------------------------------------------------------------------------
 

@@ -148,3 +148,10 @@ def test_latent_channels_and_attention_rates_are_checked_with_what_to_set():
     with pytest.raises(ValueError, match=r"no level has the down-sampling rate\(s\) \[8\].*the rates are \[1, 2, 4\]"):
         UNetConfig(channel_mult=(1, 2, 2), attention_resolutions=(8, 2)).validate()
     UNetConfig(channel_mult=(1, 2, 2), attention_resolutions=(4, 2)).validate()
+    # the same check between loaded models (Pipeline, the diffusion trainer), with the caller's remedy
+    from pvdm_fast.models.autoencoder import AutoencoderConfig
+    from pvdm_fast.models.unet import check_latents_match
+
+    with pytest.raises(ValueError, match="makes 8-channel latents but the UNet takes 4.*not trained together"):
+        check_latents_match(AutoencoderConfig(embed_dim=8), UNetConfig(), "not trained together")
+    check_latents_match(AutoencoderConfig(), UNetConfig(), "")

@@ -90,6 +90,18 @@ class UNetConfig:
                 f"{', '.join(bad)} not divisible by {factor}; use fewer levels or a grid divisible by {factor}")
 
 
+def check_latents_match(ae_config, unet_config, remedy: str) -> None:
+    """The UNet must work on the autoencoder's latents: the same grid (T, h, w) and channels."""
+    ae_grid = tuple(int(g) for g in ae_config.grid)
+    if ae_grid != tuple(int(g) for g in unet_config.grid):
+        raise ValueError(f"the autoencoder's latent grid (T, h, w) = {ae_grid} does not match the UNet's "
+                         f"{tuple(unet_config.grid)}; {remedy}")
+    e = int(ae_config.embed_dim)
+    if int(unet_config.in_channels) != e:
+        raise ValueError(f"the autoencoder makes {e}-channel latents but the UNet takes {unet_config.in_channels} "
+                         f"(unet.in_channels/out_channels); {remedy}")
+
+
 class TriplaneUNet(nn.Module):
     """eps = unet(x, t, cond=None); x, cond: (B, in_channels, h*w + T*w + T*h); t: (B,) timesteps."""
 

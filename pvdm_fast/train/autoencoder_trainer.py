@@ -68,6 +68,7 @@ def load_lpips(path: str | None, device: torch.device) -> nn.Module | None:
 
 class AutoencoderTrainer(Trainer):
     section_name = "train_autoencoder"
+    EMA_WEIGHTS = "autoencoder_ema"
     description = "autoencoder"
 
     def __init__(self, cfg, run_dir, *, data: str, **kwargs):
@@ -183,7 +184,7 @@ class AutoencoderTrainer(Trainer):
         metrics: dict[str, float] = {}
         if disc_turn:
             with torch.no_grad(), self.autocast():
-                fakes = [self.ae_fwd(batch["video"]).detach() for batch in batches]
+                fakes = [self.ae_fwd(batch["video"]) for batch in batches]
         else:
             metrics = self.accumulate(self.g, batches, generator_loss)
             self.update(self.g, metrics)
@@ -221,14 +222,14 @@ class AutoencoderTrainer(Trainer):
                "discriminators": Weights(self.disc.state_dict(), "discriminators",
                                          {"channels": self.tc.disc_channels, "layers": self.tc.disc_layers})}
         if self.ema is not None:
-            out["autoencoder_ema"] = Weights(self.ema.state_dict(), "autoencoder", self._file_config())
+            out[self.EMA_WEIGHTS] = Weights(self.ema.state_dict(), "autoencoder", self._file_config())
         return out
 
     def load_weights(self, checkpoint) -> None:
         self._load_state(self.model, checkpoint.weights("autoencoder", self.ctx.device)[0], "the autoencoder")
         self._load_state(self.disc, checkpoint.weights("discriminators", self.ctx.device)[0], "the discriminators")
         if self.ema is not None:
-            self.ema.load_state_dict(checkpoint.weights("autoencoder_ema", self.ctx.device)[0])
+            self.ema.load_state_dict(checkpoint.weights(self.EMA_WEIGHTS, self.ctx.device)[0])
 
     @torch.no_grad()
     def sample(self) -> None:

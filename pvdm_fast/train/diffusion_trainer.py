@@ -42,17 +42,6 @@ def resolve_autoencoder_file(path: str | os.PathLike) -> pathlib.Path:
     return path
 
 
-def check_grids(ae_config, unet_config, source: str) -> None:
-    ae_grid = tuple(int(g) for g in ae_config.grid)
-    if ae_grid != tuple(int(g) for g in unet_config.grid):
-        raise ValueError(f"the autoencoder {source} has latent grid (T, h, w) = {ae_grid}, but the unet config "
-                         f"expects {unet_config.grid}; use the config the autoencoder was trained with")
-    e = int(ae_config.embed_dim)
-    if int(unet_config.in_channels) != e:
-        raise ValueError(f"the autoencoder {source} makes {e}-channel latents, but the unet config has in_channels "
-                         f"{unet_config.in_channels}; set unet.in_channels={e} unet.out_channels={e}")
-
-
 class DiffusionTrainer(Trainer):
     section_name = "train_diffusion"
     description = "diffusion"
@@ -70,7 +59,7 @@ class DiffusionTrainer(Trainer):
         from omegaconf import OmegaConf
 
         from pvdm_fast.diffusion.schedule import DiffusionConfig, NoiseSchedule
-        from pvdm_fast.models.unet import TriplaneUNet, UNetConfig
+        from pvdm_fast.models.unet import TriplaneUNet, UNetConfig, check_latents_match
         from pvdm_fast.pipeline import load_autoencoder
 
         tc, dev = self.tc, self.ctx.device
@@ -83,7 +72,10 @@ class DiffusionTrainer(Trainer):
         self.schedule = NoiseSchedule.from_config(self.diffusion_config).to(dev)
         self.cond_prob = self.diffusion_config.cond_prob if tc.cond_prob is None else tc.cond_prob
         self.autoencoder = load_autoencoder(self.ae_path).to(dev).eval().requires_grad_(False)
-        check_grids(self.autoencoder.config, self.unet_config, str(self.ae_path))
+        e = int(self.autoencoder.config.embed_dim)
+        check_latents_match(self.autoencoder.config, self.unet_config,
+                            f"{self.ae_path}: use the config it was trained with (unet.in_channels={e} "
+                            f"unet.out_channels={e} for its channels)")
         self.model = TriplaneUNet(self.unet_config).to(dev)
         self.unet = self.wrap(self.model)
         self.unet_fwd = self.maybe_compile(self.unet)
@@ -188,14 +180,14 @@ class DiffusionTrainer(Trainer):
     def weights(self) -> dict[str, Weights]:
         out = {"unet": Weights(self.model.state_dict(), "diffusion", self._file_config())}
         if self.ema is not None:
-            out["ema"] = Weights(self.ema.state_dict(), "diffusion", self._file_config())
+            out[self.EMA_WEIGHTS] = Weights(self.ema.state_dict(), "diffusion", self._file_config())
         return out
 
     def load_weights(self, checkpoint) -> None:
         self._load_state(self.model, checkpoint.weights("unet", self.ctx.device)[0], "the unet")
         if self.ema is not None:
-            if "ema" in checkpoint.manifest["weights"]:
-                self.ema.load_state_dict(checkpoint.weights("ema", self.ctx.device)[0])
+            if self.EMA_WEIGHTS in checkpoint.manifest["weights"]:
+                self.ema.load_state_dict(checkpoint.weights(self.EMA_WEIGHTS, self.ctx.device)[0])
             else:
                 self.ema.load_state_dict(self.model.state_dict())
 

@@ -380,6 +380,8 @@ class Trainer:
                   "the data order and global RNG streams differ from an uninterrupted run")
         self.last_checkpoint = checkpoint.dir
 
+    EMA_WEIGHTS = "ema"  # the name a trainer saves its EMA weights under
+
     # settings added with the EMA warm-up (whose count training states hold since) that change what an
     # older run's next steps do; the EMA itself goes on as it was (see _ema_updates)
     BEHAVIOUR_SETTINGS = {"gan_alternate": False}  # setting -> what older versions did
@@ -396,7 +398,7 @@ class Trainer:
         """The EMA warm-up's position: saved by this version; None, or no EMA weights in the checkpoint,
         when the run had no EMA (it starts now, from the loaded weights). A checkpoint of an older version
         averaged with a constant decay: it goes on without the warm-up, as it was."""
-        if checkpoint is not None and not set(checkpoint.manifest.get("weights", {})) & {"ema", "autoencoder_ema"}:
+        if checkpoint is not None and self.EMA_WEIGHTS not in checkpoint.manifest.get("weights", {}):
             return 0
         if "ema_updates" not in state:
             if self.ema.warmup and self.ctx.is_main:

@@ -95,8 +95,9 @@ def test_ema_position_on_resume():
 
     from pvdm_fast.train.loop import Trainer
 
-    def trainer():
-        return SimpleNamespace(step=100, ema=SimpleNamespace(every=25, warmup=True), ctx=SimpleNamespace(is_main=True))
+    def trainer(ema_weights="ema"):
+        return SimpleNamespace(step=100, ema=SimpleNamespace(every=25, warmup=True), ctx=SimpleNamespace(is_main=True),
+                               EMA_WEIGHTS=ema_weights)
 
     def checkpoint(*weights):
         return SimpleNamespace(manifest={"weights": dict.fromkeys(weights, "diffusion")})
@@ -107,4 +108,5 @@ def test_ema_position_on_resume():
     assert Trainer._ema_updates(t, {}, checkpoint("unet")) == 0  # an older run without EMA: it starts now
     # an older run with a constant-decay EMA goes on as it was: no warm-up from its 4 updates on
     assert Trainer._ema_updates(t, {}, checkpoint("unet", "ema")) == 4 and t.ema.warmup is False
-    assert Trainer._ema_updates(trainer(), {}, checkpoint("autoencoder", "autoencoder_ema")) == 4
+    assert Trainer._ema_updates(trainer("autoencoder_ema"), {}, checkpoint("autoencoder", "autoencoder_ema")) == 4
+    assert Trainer._ema_updates(trainer("autoencoder_ema"), {}, checkpoint("autoencoder")) == 0
