@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -102,15 +103,33 @@ def _add_encode(sub) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from pvdm_fast.pipeline import Pipeline
-    from pvdm_fast.sample_job import model_identity, parse_formats, resolve_sampler, sample_to_folder
+    from pvdm_fast.sample_job import parse_formats, resolve_sampler
 
     from pvdm_fast.devices import resolve_device
+    from pvdm_fast.train import distributed as D
 
-    resolve_device(args.device)  # before any weight is read
     formats = parse_formats(args.format)
     sampler, steps, eta = resolve_sampler(args.protocol, args.sampler, args.steps, args.eta)
-    options = dict(device=args.device, precision=args.precision, compile=args.compile, cuda_graph=args.cuda_graph)
+    ctx = None
+    if D.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        # One GPU per process; the final count waits for the slowest rank, so a day, not 30 minutes.
+        ctx = D.setup(args.device, timeout_minutes=24 * 60)
+        device = str(ctx.device)
+    else:
+        device = args.device
+        resolve_device(device)  # before any weight is read
+    try:
+        return _sample(args, formats, sampler, steps, eta, device, ctx)
+    finally:
+        if ctx is not None:
+            D.teardown(ctx)
+
+
+def _sample(args: argparse.Namespace, formats, sampler, steps, eta, device, ctx) -> int:
+    from pvdm_fast.pipeline import Pipeline
+    from pvdm_fast.sample_job import model_identity, sample_to_folder
+
+    options = dict(device=device, precision=args.precision, compile=args.compile, cuda_graph=args.cuda_graph)
     if args.autoencoder and args.diffusion and not (args.official_autoencoder or args.official_diffusion):
         if args.config is not None or args.overrides:  # pvdm_fast files carry their own config
             given = " ".join(([f"--config {args.config}"] if args.config is not None else []) + args.overrides)
@@ -131,7 +150,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     result = sample_to_folder(pipe, args.out, num=args.num, batch_size=args.batch_size, seed=args.seed,
                               formats=formats, fps=args.fps, frames=args.frames, sampler=sampler, steps=steps,
                               eta=eta, guidance=args.guidance, condition=args.condition,
-                              clip_x0=not args.no_clip, model_id=model_id, progress=not args.quiet)
+                              clip_x0=not args.no_clip, model_id=model_id, progress=not args.quiet, ctx=ctx)
+    if ctx is not None and not ctx.is_main:
+        return 0
     print(f"{args.out}: {result['total']} videos ({result['existing']} already there, "
           f"{result['generated']} generated)")
     return 0
@@ -146,8 +167,10 @@ def _add_sample(sub) -> None:
     p.add_argument("--config", default=None, help="preset or YAML for official checkpoints (default ucf101-256)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (official checkpoints)")
     p.add_argument("--out", required=True, help="output folder (existing videos are kept and counted)")
-    p.add_argument("--num", type=int, default=16, help="number of videos")
-    p.add_argument("--batch-size", type=int, default=8)
+    # --num-videos: under torchrun, whose parser reads the whole command line first, --num is taken
+    # as an abbreviation of its --numa-binding
+    p.add_argument("--num", "--num-videos", dest="num", type=int, default=16, help="number of videos")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per batch (per process under torchrun)")
     p.add_argument("--frames", type=int, default=None, help="frames per video, a multiple of the clip length")
     p.add_argument("--protocol", choices=("official",), default=None, help="official: DDIM, 400 steps, eta 1")
     p.add_argument("--sampler", choices=("ddim", "ddpm", "dpm++2m"), default=None, help="default ddim")
@@ -160,7 +183,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
     p.add_argument("--format", default="mp4", help="comma-separated: mp4, gif, png, npz")
     p.add_argument("--fps", type=float, default=16.0)
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--device", default=None, help="default: cuda if available (this rank's GPU), else cpu")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on GPUs")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     p.add_argument("--cuda-graph", action="store_true", help="capture the denoising step in a CUDA graph")

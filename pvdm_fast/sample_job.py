@@ -153,31 +153,58 @@ def check_settings(out: pathlib.Path, settings: dict, defaults: dict | None = No
 
 def run_sample_job(generate: Callable[[list[int]], np.ndarray], out: str | os.PathLike, num: int,
                    batch_size: int, seed: int, formats: Sequence[str], fps: float = 16.0,
-                   settings: dict | None = None, progress: bool = True, defaults: dict | None = None) -> dict:
+                   settings: dict | None = None, progress: bool = True, defaults: dict | None = None,
+                   ctx=None) -> dict:
     """Sample videos 0..num-1 into `out`, skipping finished ones.
 
     generate(seeds) -> uint8 (len(seeds), T, H, W, 3). Returns {"existing", "generated", "total"}.
+    `ctx`: a `pvdm_fast.train.distributed.DistContext` when several processes (torchrun) share the
+    folder: rank 0 checks and records the settings and lists the missing videos, and rank r makes
+    every world_size-th of them (videos do not depend on who makes them: video i is seed + i).
+    `generated` then counts the videos of every rank; `batch_size` is per process.
     """
+    from pvdm_fast.train import distributed as D
+
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
     if fps <= 0:
         raise ValueError(f"--fps must be positive, got {fps}")
+    ctx = ctx if ctx is not None else D.DistContext(0, 1, 0, None)
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, {**(settings or {}), "seed": seed, "fps": fps}, defaults)
-    todo = [i for i in range(num) if not is_done(out, i, formats)]
+    todo, error = [], None
+    if ctx.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            check_settings(out, {**(settings or {}), "seed": seed, "fps": fps}, defaults)
+            todo = [i for i in range(num) if not is_done(out, i, formats)]
+        except (ValueError, OSError) as exc:
+            if not ctx.distributed:
+                raise
+            error = exc
+    # Every rank learns rank 0's verdict, so a refused folder stops all of them (no rank left waiting).
+    message, todo = D.broadcast_object(ctx, (None if error is None else str(error), todo))
+    if message is not None:
+        if error is not None:
+            raise error
+        raise ValueError(f"{message} (reported by rank 0)")
     existing = num - len(todo)
+    mine = todo[ctx.rank::ctx.world_size]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=num, initial=existing, unit="video", desc="sampling", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        indices = todo[start:start + batch_size]
+    if ctx.distributed:
+        bar = tqdm(total=len(mine), unit="video", desc=f"sampling (rank 0 of {ctx.world_size}, "
+                   f"{existing} of {num} already there)", disable=not (progress and ctx.is_main))
+    else:
+        bar = tqdm(total=num, initial=existing, unit="video", desc="sampling", disable=not progress)
+    for start in range(0, len(mine), batch_size):
+        indices = mine[start:start + batch_size]
         videos = generate([seed + i for i in indices])
         for index, video in zip(indices, videos):
             write_video_outputs(out, index, np.asarray(video), formats, fps)
         bar.update(len(indices))
     bar.close()
-    return {"existing": existing, "generated": len(todo), "total": num}
+    generated = sum(D.gather_objects(ctx, len(mine)))  # with several ranks, also waits for all of them
+    return {"existing": existing, "generated": generated, "total": num}
 
 
 def resolve_sampler(protocol: str | None, sampler: str | None, steps: int | None,
@@ -201,7 +228,7 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
                      formats: Sequence[str], fps: float = 16.0, frames: int | None = None,
                      sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
                      guidance: float | None = None, condition: str = "reencode", clip_x0: bool = True,
-                     model_id: str = "", progress: bool = True) -> dict:
+                     model_id: str = "", progress: bool = True, ctx=None) -> dict:
     """`run_sample_job` with a Pipeline; the settings that change the videos guard the folder.
 
     They are checked (Pipeline.resolve) before anything is written, and recorded with the defaults
@@ -227,4 +254,4 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
     # what None stood for in older files: the defaults, not this run's values
     defaults = {"steps": default_steps, "eta": 1.0 if sampler == "ddim" else None,
                 "guidance": float(pipe.diffusion.guidance)}
-    return run_sample_job(generate, out, num, batch_size, seed, formats, fps, settings, progress, defaults)
+    return run_sample_job(generate, out, num, batch_size, seed, formats, fps, settings, progress, defaults, ctx)

@@ -255,3 +255,94 @@ def test_a_folder_from_before_resolved_settings_still_resumes(checkpoints, tmp_p
     (out / "sample_settings.json").write_text(json.dumps(legacy))
     assert cli.main(_argv(checkpoints, out, "--num", "2", "--format", "npz", "--guidance", "2")) == 2
     assert "guidance" in capsys.readouterr().err
+
+
+def _torchrun(nproc: int, argv: list[str], timeout: float = 240):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "pvdm_fast.cli", *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_torchrun_processes_share_the_videos_and_make_what_one_process_makes(checkpoints, tmp_path, capsys):
+    # Two ranks (gloo on the CPU) split the missing videos: every video is made once, each is the video
+    # one process makes from its seed, rank 0 alone reports the count of all ranks; a resume by three
+    # ranks with more videos keeps the five and makes the rest.
+    out, one = tmp_path / "ranks", tmp_path / "one"
+    done = _torchrun(2, _argv(checkpoints, out, "--num-videos", "5", "--batch-size", "2", "--frames", "8",
+                              "--format", "npz", "--seed", "3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("5 videos (0 already there, 5 generated)") == 1, done.stdout
+    assert cli.main(_argv(checkpoints, one, "--num", "7", "--batch-size", "2", "--frames", "8",
+                          "--format", "npz", "--seed", "3")) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.glob("video_*")) == [f"video_{i:06d}.npz" for i in range(5)]
+    for i in range(5):
+        a, b = (np.load(output_path(d, i, "npz"))["video"].astype(int) for d in (out, one))
+        assert np.abs(a - b).max() <= 1, i  # same seed, same video (uint8 truncation may flip a value)
+    settings = json.loads((out / "sample_settings.json").read_text())
+    assert settings == json.loads((one / "sample_settings.json").read_text())
+    mtimes = {i: output_path(out, i, "npz").stat().st_mtime_ns for i in range(5)}
+
+    done = _torchrun(3, _argv(checkpoints, out, "--num-videos", "7", "--batch-size", "2", "--frames", "8",
+                              "--format", "npz", "--seed", "3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("7 videos (5 already there, 2 generated)") == 1, done.stdout
+    assert {i: output_path(out, i, "npz").stat().st_mtime_ns for i in range(5)} == mtimes  # kept, not redone
+    for i in (5, 6):
+        a, b = (np.load(output_path(d, i, "npz"))["video"].astype(int) for d in (out, one))
+        assert np.abs(a - b).max() <= 1, i
+
+
+def test_torchrun_refused_folder_stops_every_rank(checkpoints, tmp_path):
+    # Rank 0 refuses a folder of other settings; the other rank must stop with the reason too, not wait.
+    out = tmp_path / "samples"
+    assert cli.main(_argv(checkpoints, out, "--num", "1", "--frames", "8", "--format", "npz")) == 0
+    done = _torchrun(2, _argv(checkpoints, out, "--num-videos", "2", "--frames", "8", "--format", "npz",
+                              "--seed", "9"), timeout=180)
+    assert done.returncode != 0
+    assert done.stderr.count("pvdm sample: error:") == 2, done.stderr[-3000:]
+    assert "other settings" in done.stderr and "reported by rank 0" in done.stderr
+    assert sorted(p.name for p in out.glob("video_*")) == ["video_000000.npz"]
+
+
+def test_each_rank_makes_every_world_size_th_missing_video(tmp_path, monkeypatch):
+    # Rank 1 of 3 with rank 0's list of missing videos [0, 2, 3, 4, 5, 6, 7]: it makes 2 and 5, in
+    # batches of its own; the count returned is every rank's.
+    from pvdm_fast.train import distributed as D
+
+    monkeypatch.setattr(D, "broadcast_object", lambda ctx, obj: (None, [0, 2, 3, 4, 5, 6, 7]))
+    monkeypatch.setattr(D, "gather_objects", lambda ctx, obj: [3, obj, 2])
+    calls = []
+    ctx = D.DistContext(1, 3, 1, None)
+    result = run_sample_job(fake_generate(calls), tmp_path, num=8, batch_size=1, seed=10, formats=("npz",),
+                            progress=False, ctx=ctx)
+    assert calls == [[12], [15]]
+    assert sorted(p.name for p in tmp_path.glob("video_*")) == ["video_000002.npz", "video_000005.npz"]
+    assert result == {"existing": 1, "generated": 7, "total": 8}
+    assert not (tmp_path / "sample_settings.json").exists()  # rank 0 records the settings
+
+
+def test_every_sample_option_survives_torchruns_parser():
+    """torchrun parses the whole command line before ours: an option that abbreviates one of its own
+    (--num of --numa-binding) stops it there. Every sample option, spelled as for torchrun, passes."""
+    run = pytest.importorskip("torch.distributed.run")
+    options = ["--autoencoder", "a", "--diffusion", "d", "--official-autoencoder", "oa", "--official-diffusion",
+               "od", "--config", "ucf101-256", "--out", "o", "--num-videos", "8", "--batch-size", "2", "--frames",
+               "32", "--protocol", "official", "--sampler", "ddim", "--steps", "400", "--eta", "1", "--guidance",
+               "0", "--condition", "latent", "--no-clip", "--seed", "1", "--format", "npz", "--fps", "8",
+               "--device", "cuda", "--precision", "bf16", "--compile", "--cuda-graph", "--quiet"]
+    launched = run.get_args_parser().parse_args(["--nproc_per_node=2", "-m", "pvdm_fast.cli", "sample", *options])
+    assert launched.training_script == "pvdm_fast.cli" and launched.training_script_args == ["sample", *options]
+    args = cli.build_parser().parse_args(launched.training_script_args)
+    assert args.num == 8 and args.cuda_graph and args.no_clip
+    with pytest.raises(SystemExit):  # the plain spelling really is refused there
+        run.get_args_parser().parse_args(["--nproc_per_node=2", "-m", "pvdm_fast.cli", "sample", "--num", "8"])
