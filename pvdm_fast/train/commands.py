@@ -29,7 +29,19 @@ def resolve_config(config: str | None, overrides, stage: str, resume: str | None
     return load_config(source, split_overrides(overrides, STAGES[stage]))
 
 
-def _run_dir(out: str | None, resume: str | None) -> tuple[pathlib.Path, bool]:
+def _holds_checkpoint(path: pathlib.Path) -> bool:
+    return (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("step-*"))
+
+
+def _run_dir(out: str | None, resume: str | None, auto_resume: bool = False) -> tuple[pathlib.Path, bool]:
+    if auto_resume:
+        # The same command for every start of a job that may be preempted: a new run the first time,
+        # then a resume of the run in --out once it holds a checkpoint.
+        if resume is not None:
+            raise ValueError("--auto-resume continues the run in --out when there is one; drop --resume")
+        if out is None:
+            raise ValueError("--auto-resume needs --out RUN_DIR (started there, or resumed if it holds a run)")
+        return pathlib.Path(out), _holds_checkpoint(pathlib.Path(out))
     if resume is not None:
         if out is not None and pathlib.Path(out).resolve() != pathlib.Path(resume).resolve():
             raise ValueError(f"--resume {resume} continues that run in place; drop --out {out} or make them equal")
@@ -40,8 +52,9 @@ def _run_dir(out: str | None, resume: str | None) -> tuple[pathlib.Path, bool]:
     if out is None:
         raise ValueError("pass --out RUN_DIR (where the config, logs, samples and checkpoints go)")
     path = pathlib.Path(out)
-    if (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("step-*")):
-        raise ValueError(f"{out} already holds a training run; pass --resume {out} to continue it, or a new --out")
+    if _holds_checkpoint(path):
+        raise ValueError(f"{out} already holds a training run; pass --resume {out} (or --auto-resume) to continue "
+                         "it, or a new --out")
     return path, False
 
 
@@ -54,13 +67,14 @@ def _saved_run_info(run_dir: pathlib.Path) -> dict:
 
 def train(stage: str, *, config: str | None = None, overrides=(), out: str | None = None, resume: str | None = None,
           data: str | None = None, latents: str | None = None, autoencoder: str | None = None,
-          device: str | None = None, progress: bool = True) -> dict:
-    """Train one stage (single process, or DDP under torchrun). Returns the run summary."""
+          device: str | None = None, progress: bool = True, auto_resume: bool = False) -> dict:
+    """Train one stage (single process, or DDP under torchrun). Returns the run summary.
+    `auto_resume`: start the run in `out`, or resume it if `out` already holds a checkpoint."""
     from pvdm_fast.train import distributed as D
 
-    run_dir, resuming = _run_dir(out, resume)
+    run_dir, resuming = _run_dir(out, resume, auto_resume)
     overrides = list(overrides) + ([f"device={device}"] if device else [])
-    cfg = resolve_config(config, overrides, stage, resume)
+    cfg = resolve_config(config, overrides, stage, str(run_dir) if resuming else None)
     saved = _saved_run_info(run_dir) if resuming else {}
     if saved and saved.get("stage") not in (None, STAGES[stage]):
         raise ValueError(f"{run_dir} is a {saved['stage']} run, not {STAGES[stage]}")
@@ -96,6 +110,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="preset name (ucf101-256, sky-256, ucf101-128, demo) or a YAML file")
     p.add_argument("--out", help="run folder: config, metrics.jsonl, TensorBoard, samples, checkpoints")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly where its last checkpoint left off")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="start the run in --out, or continue it if --out already holds a checkpoint (one command "
+                        "for every start of a preemptible job)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the GPU when there is one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -123,6 +140,7 @@ def _train_cmd(stage: str):
 
         try:
             summary = train(stage, config=args.config, overrides=args.overrides, out=args.out, resume=args.resume,
+                            auto_resume=args.auto_resume,
                             data=args.data, latents=getattr(args, "latents", None),
                             autoencoder=getattr(args, "autoencoder", None), device=args.device,
                             progress=not args.no_progress)

@@ -52,6 +52,36 @@ def test_a_fresh_run_over_a_run_without_checkpoint_starts_new_metrics(tmp_path, 
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
 
 
+def test_auto_resume_starts_then_continues_with_one_command(tmp_path, tiny_config, monkeypatch):
+    # A preemptible job runs the same command at every start: the first starts the run, a later one
+    # (after a kill without a final save) resumes from the last checkpoint, and each step is logged once.
+    from pvdm_fast.cli import build_parser
+
+    cfg = tiny_config(train_autoencoder={"gan_start_step": -1, "checkpoint_every": 4, "total_clips": 36})
+    run = tmp_path / "run"
+    command = dict(config=str(cfg), out=str(run), data="synthetic:6", progress=False, auto_resume=True)
+    with monkeypatch.context() as m:
+        _crash_at(m, 7)
+        with pytest.raises(Crash):
+            train("autoencoder", **command)
+    assert load_checkpoint(run).step == 4
+    with pytest.raises(ValueError, match="already holds a training run.*--auto-resume"):
+        train("autoencoder", **{**command, "auto_resume": False})
+    summary = train("autoencoder", **command)
+    assert summary["step"] == 9 and [r["step"] for r in read_metrics(run)] == list(range(1, 10))
+    assert train("autoencoder", **{**command, "overrides": ["total_clips=44"]})["step"] == 11
+    # without --config the run's own config is resumed, as with --resume
+    assert train("autoencoder", **{**command, "config": None, "overrides": ["total_clips=48"]})["step"] == 12
+    with pytest.raises(ValueError, match="drop --resume"):
+        train("autoencoder", **{**command, "resume": str(run)})
+    with pytest.raises(ValueError, match="needs --out"):
+        train("autoencoder", **{**command, "out": None})
+    with pytest.raises(ValueError, match="--config"):  # a new run needs a config
+        train("autoencoder", **{**command, "out": str(tmp_path / "new"), "config": None})
+    for stage in ("train-autoencoder", "train-diffusion"):
+        assert build_parser().parse_args([stage, "--out", "r", "--auto-resume"]).auto_resume
+
+
 def test_a_failed_resume_keeps_the_runs_saved_arguments(tmp_path, tiny_config, tiny_autoencoder):
     cfg = tiny_config(train_diffusion={"total_clips": 8})
     run = tmp_path / "run"
