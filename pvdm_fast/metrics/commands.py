@@ -2,7 +2,7 @@
 
 Each prints the result and writes it, protocol included, as JSON (--out; by default `<metric>.json`
 in the sample folder, or beside the autoencoder file for recon). Under torchrun, feature extraction
-is sharded over ranks and rank 0 writes the result.
+(recon: the reconstructions) is sharded over ranks and rank 0 writes the result.
 """
 
 from __future__ import annotations

@@ -248,13 +248,11 @@ def evaluate_recon(*, autoencoder, data: str, num: int = 256, stride: int | None
     antialias = bool(trained_on.get("antialias", True))
     cfg = model.config
     lp = _lpips(lpips, lpips_heads, device)
-    rank, world = dist_rank_world()
-    if world > 1:
-        raise ValueError("pvdm eval recon runs in one process; launch it without torchrun")
+    rank, world = dist_rank_world()  # under torchrun each rank scores every world-th clip
     batches = iter_dataset_batches(data, num=num, frames=cfg.frames, stride=stride, resolution=cfg.resolution,
                                    batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers,
-                                   as_uint8=False, antialias=antialias)
-    result = evaluate_reconstruction(model, batches, lp, device=device, progress=progress)
+                                   as_uint8=False, antialias=antialias, rank=rank, world_size=world)
+    result = evaluate_reconstruction(model, batches, lp, device=device, progress=progress and rank == 0)
     protocol = {"autoencoder_sha256": _sha256(autoencoder), "data": data, "split": split, "fold": fold,
                 "num": num, "frames": cfg.frames, "stride": stride, "resolution": cfg.resolution, "seed": seed,
                 "antialias": antialias,

@@ -82,6 +82,13 @@ def evaluate_reconstruction(autoencoder, batches, lpips=None, device: str | torc
         if lpips is not None:
             sums["lpips"] += float(lpips_video(lpips, recon, video).mean(1).sum())
         count += video.shape[0]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # torchrun: each rank scored its share of the videos; every rank gets the totals
+        totals = torch.tensor([sums["psnr"], sums["ssim"], sums["lpips"], count, infinite], dtype=torch.float64,
+                              device=device)
+        torch.distributed.all_reduce(totals)
+        sums["psnr"], sums["ssim"], sums["lpips"] = (float(v) for v in totals[:3])
+        count, infinite = int(totals[3]), int(totals[4])
     if count == 0:
         raise ValueError("no videos to evaluate")
     finite = count - infinite
