@@ -58,6 +58,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     from pvdm_fast.data.latents import encode_to_cache, file_sha256
     from pvdm_fast.pipeline import load_autoencoder
+    from pvdm_fast.train import distributed as D
 
     model = load_autoencoder(args.autoencoder)  # validates the file
     with safe_open(args.autoencoder, framework="pt") as f:
@@ -68,19 +69,27 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     stride = args.stride if args.stride is not None else int(data.get("frame_stride", 1))
     antialias = args.antialias if args.antialias is not None else bool(data.get("antialias", True))
-    manifest = encode_to_cache(
-        model, args.data, args.out, autoencoder_id=file_sha256(args.autoencoder), autoencoder_config=ae_config,
-        resolution=data.get("resolution", ae_config["resolution"]), frames=ae_config["frames"], stride=stride,
-        offsets=tuple(args.offsets), clips_per_video=args.clips_per_video, split=args.split, fold=args.fold,
-        antialias=antialias, batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
-        store_dtype=getattr(torch, args.store_dtype), num_workers=args.workers)
-    print(f"{manifest['count']} latents in {len(manifest['shards'])} shards at {args.out}"
-          + (f" ({len(manifest['failed'])} clips unreadable)" if manifest["failed"] else ""))
+    ctx = D.setup(args.device) if D.launched_by_torchrun() else None  # torchrun: the shards split over ranks
+    try:
+        manifest = encode_to_cache(
+            model, args.data, args.out, autoencoder_id=file_sha256(args.autoencoder), autoencoder_config=ae_config,
+            resolution=data.get("resolution", ae_config["resolution"]), frames=ae_config["frames"], stride=stride,
+            offsets=tuple(args.offsets), clips_per_video=args.clips_per_video, split=args.split, fold=args.fold,
+            antialias=antialias, batch_size=args.batch_size, shard_size=args.shard_size,
+            device=ctx.device if ctx else args.device, store_dtype=getattr(torch, args.store_dtype),
+            num_workers=args.workers)
+    finally:
+        if ctx:
+            D.teardown(ctx)
+    if ctx is None or ctx.is_main:
+        print(f"{manifest['count']} latents in {len(manifest['shards'])} shards at {args.out}"
+              + (f" ({len(manifest['failed'])} clips unreadable)" if manifest["failed"] else ""))
     return 0
 
 
 def _add_encode(sub) -> None:
-    p = sub.add_parser("encode", help="encode a video dataset into a latent cache for diffusion training")
+    p = sub.add_parser("encode", help="encode a video dataset into a latent cache for diffusion training "
+                                      "(torchrun splits the shards over GPUs)")
     p.add_argument("--autoencoder", required=True, help="autoencoder weights (.safetensors from pvdm_fast)")
     p.add_argument("--data", required=True, help="FORMAT:PATH or synthetic[:COUNT]")
     p.add_argument("--out", required=True, help="cache folder (an interrupted run resumes there)")
@@ -97,7 +106,7 @@ def _add_encode(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=1024, help="clips per shard file")
     p.add_argument("--store-dtype", choices=("float16", "bfloat16", "float32"), default="float16")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--device", default=None, help="default: cuda if available (this rank's GPU), else cpu")
     p.add_argument("--workers", type=int, default=4, help="decoding worker processes")
     p.set_defaults(func=_cmd_encode)
 

@@ -5,11 +5,15 @@ Layout of a cache folder:
   shard-00000.safetensors  latent (n, 4, L), video (n,) int64, start (n,) int64
 Shard k holds the clips [k * shard_size, (k + 1) * shard_size) of the dataset (minus unreadable ones).
 A shard and then the manifest are written atomically after each shard, so an interrupted run resumes
-at the first missing shard. Each video's windows tile it from each encoded offset (`pvdm encode
---offsets`, default 0) every hop = frames * stride frames. Diffusion training (LatentDataset) draws
-each video once per epoch and one of its pairs of windows hop frames apart: cur given prev is the
-official conditional example (the last T frames of a 2T-frame clip given the first T), and the
-unconditional target is the cached window nearest the official random prefix (data/latent_pairs.py).
+at the missing shards. Each shard also carries its own manifest record (metadata "shard": index, file,
+first_item, items, count, its failed clips, and the cache it belongs to): under torchrun every rank
+writes its share of the shards and only rank 0 writes the manifest, so a shard a killed run wrote
+but did not list yet is taken up from its record on resume (with any number of processes).
+Each video's windows tile it from each encoded offset (`pvdm encode --offsets`, default 0) every
+hop = frames * stride frames. Diffusion training (LatentDataset) draws each video once per epoch and
+one of its pairs of windows hop frames apart: cur given prev is the official conditional example (the
+last T frames of a 2T-frame clip given the first T), and the unconditional target is the cached window
+nearest the official random prefix (data/latent_pairs.py).
 What remains different from the official sampling: clip starts are limited to the encoded offsets
 (officially any frame); `--offsets 0 4 8 12` (T=16) gives 4 times the starts for 4 times the encoding.
 """
@@ -33,6 +37,8 @@ from pvdm_fast.devices import resolve_device
 
 CACHE_FORMAT = "pvdm_fast.latents.v1"
 MANIFEST = "manifest.json"
+SHARD_RECORD = "shard"  # the shard file's metadata key holding its manifest record (JSON)
+_ENTRY_KEYS = ("index", "file", "first_item", "items", "count")  # a record's part listed in manifest["shards"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -136,6 +142,120 @@ def _check_encode_args(batch_size: int, shard_size: int, num_workers: int) -> No
             raise ValueError(f"{name} ({flag}) must be an integer >= {least}, got {value!r}")
 
 
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def _cache_key(manifest: dict) -> str:
+    """What a shard's record names as its cache: the manifest's identity (autoencoder, data, layout)."""
+    identity = {k: manifest[k] for k in ("format", "autoencoder", "data", "shard_size", "store_dtype")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _read_record(path: pathlib.Path) -> dict | None:
+    """The manifest record a shard file carries; None for a shard without one (written before records)
+    or a file that is not a readable shard."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(SHARD_RECORD)
+        return json.loads(text) if text else None
+    except Exception:  # noqa: BLE001 - a damaged file is a shard to encode again
+        return None
+
+
+def _done_shards(out: pathlib.Path, manifest: dict, num_items: int, key: str,
+                 known: dict[int, dict] | None = None) -> dict[int, dict]:
+    """index -> record of the shards done: those the manifest lists whose file is there (their failed
+    clips from the manifest), and shard files not listed whose own record belongs to this cache
+    (`key`) and plan (a run killed between a shard and the manifest, or a torchrun rank's shard rank
+    0 did not list yet). `known`: records already found (only other files are read)."""
+    records = dict(known or {})
+    shard_size = manifest["shard_size"]
+    num_shards = -(-num_items // shard_size)
+    if known is None:
+        for s in manifest["shards"]:
+            if (out / s["file"]).is_file():
+                items = range(s["first_item"], s["first_item"] + s["items"])
+                records[s["index"]] = {**{k: s[k] for k in _ENTRY_KEYS},
+                                       "failed": [f for f in manifest["failed"] if f["item"] in items]}
+    present = set(os.listdir(out))
+    for k in range(num_shards):
+        if k in records or _shard_name(k) not in present:
+            continue
+        record = _read_record(out / _shard_name(k))
+        first = k * shard_size
+        if record is not None and record.get("cache") == key and record.get("index") == k and \
+                record.get("file") == _shard_name(k) and record.get("first_item") == first and \
+                record.get("items") == min(num_items, first + shard_size) - first:
+            records[k] = {k2: v for k2, v in record.items() if k2 != "cache"}
+    return records
+
+
+def _with_shards(manifest: dict, records: dict[int, dict]) -> dict:
+    """`manifest` listing exactly the shards of `records`, their failed clips and count."""
+    ordered = [records[k] for k in sorted(records)]
+    return {**manifest, "shards": [{k: r[k] for k in _ENTRY_KEYS} for r in ordered],
+            "failed": sorted((f for r in ordered for f in r["failed"]), key=lambda f: f["item"]),
+            "count": sum(r["count"] for r in ordered)}
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the world size of an initialised process group (torchrun), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _decided_by_rank0(rank: int, world: int, decide):
+    """`decide()` run on rank 0 and its result given to every rank; an error there is raised on every
+    rank (a ValueError or FileNotFoundError as itself, so that each rank's CLI exits 2 with the
+    message) instead of leaving the other ranks waiting in a collective."""
+    if world == 1:
+        return decide()
+    result = failure = error = None
+    if rank == 0:
+        try:
+            result = decide()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            error = exc
+            kind = type(exc) if type(exc) in (ValueError, FileNotFoundError) else RuntimeError
+            failure = (kind, str(exc) if kind is not RuntimeError else f"rank 0 failed: {exc!r}")
+    box = [(result, failure)]
+    torch.distributed.broadcast_object_list(box, src=0)
+    result, failure = box[0]
+    if failure is not None:
+        torch.distributed.barrier()  # every rank has the error before the first one exits
+        if error is not None:
+            raise error
+        raise failure[0](failure[1])
+    return result
+
+
+def _start(out: pathlib.Path, autoencoder_id: str, autoencoder_config: dict, dataset, shard_size: int,
+           store_dtype: torch.dtype, rank: int, world: int) -> tuple[dict, dict[int, dict]]:
+    """The manifest (checked against this run, on rank 0) and the records of the shards done."""
+    everyone = []
+    if world > 1:  # every rank must encode the clips rank 0 checks
+        everyone = [None] * world
+        torch.distributed.all_gather_object(everyone, (dataset_identity(dataset),
+                                                        [_source_path(s) for s in dataset.sources]))
+
+    def decide():
+        for r, (data, videos) in enumerate(everyone):
+            if (data, videos) != everyone[0]:
+                difference = _difference("data", everyone[0][0], data) or "videos: the paths differ"
+                raise ValueError(f"rank {r} opened other data than rank 0 ({difference}); every rank must "
+                                 "see the same dataset")
+        manifest = _start_manifest(out, autoencoder_id, autoencoder_config, dataset, shard_size, store_dtype)
+        records = _done_shards(out, manifest, len(dataset), _cache_key(manifest))
+        complete = manifest["complete"] and len(records) == -(-len(dataset) // shard_size)
+        return {**_with_shards(manifest, records), "complete": complete}, records
+
+    return _decided_by_rank0(rank, world, decide)
+
+
 @torch.no_grad()
 def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.PathLike, *, autoencoder_id: str,
                    autoencoder_config: dict | None = None, batch_size: int = 8, shard_size: int = 1024,
@@ -144,35 +264,58 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.Path
     """Encode every clip of `dataset` (a ClipDataset, normally in "windows" mode with substitute off)
     into `out_dir`; resumes an interrupted run. `autoencoder.encode(video (B,3,T,H,W)) -> (B,4,L)`.
     On a GPU the encoder runs under bf16 autocast. Latents are stored as `store_dtype` (float16 by
-    default: they lie in (-1, 1), where float16 keeps 11 bits). Returns the manifest."""
+    default: they lie in (-1, 1), where float16 keeps 11 bits). Returns the manifest.
+    In an initialised process group (torchrun), every rank calls this with its own `device` and the
+    same arguments: the shards to encode are dealt out over the ranks, rank 0 checks the cache, writes
+    the manifest and shows the progress, and every rank returns the final manifest. The cache is the
+    one a single process writes."""
     from tqdm import tqdm
 
     _check_encode_args(batch_size, shard_size, num_workers)
     device = resolve_device(device)
+    rank, world = _rank_world()
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _start_manifest(out, autoencoder_id, autoencoder_config or {}, dataset, shard_size, store_dtype)
+    manifest, records = _start(out, autoencoder_id, autoencoder_config or {}, dataset, shard_size, store_dtype,
+                               rank, world)
+    key = _cache_key(manifest)
     autoencoder.eval().to(device)
-    done = {s["index"] for s in manifest["shards"] if (out / s["file"]).is_file()}
-    manifest["shards"] = [s for s in manifest["shards"] if s["index"] in done]
     num_shards = -(-len(dataset) // shard_size)
-    bar = tqdm(total=len(dataset), initial=sum(s["items"] for s in manifest["shards"]), unit="clip",
-               disable=not progress, desc="encode")
-    for k in range(num_shards):
-        if k in done:
-            continue
+    todo = [k for k in range(num_shards) if k not in records]
+    bar = tqdm(total=len(dataset), initial=sum(r["items"] for r in records.values()), unit="clip",
+               disable=not progress or rank != 0, desc="encode")
+    written = []
+    for k in todo[rank::world]:
         items = range(k * shard_size, min(len(dataset), (k + 1) * shard_size))
         tensors, failed = _encode_items(autoencoder, dataset, items, batch_size, device, num_workers, bar)
-        shard = {"index": k, "file": f"shard-{k:05d}.safetensors", "first_item": items[0], "items": len(items),
-                 "count": len(tensors["video"])}
-        _save_shard(out / shard["file"], tensors, store_dtype)
-        manifest["shards"] = sorted(manifest["shards"] + [shard], key=lambda s: s["index"])
-        manifest["failed"] = [f for f in manifest["failed"] if f["item"] not in items] + failed
-        manifest["count"] = sum(s["count"] for s in manifest["shards"])
-        _write_manifest(out, manifest)
+        record = {"index": k, "file": _shard_name(k), "first_item": items[0], "items": len(items),
+                  "count": len(tensors["video"]), "failed": failed}
+        _save_shard(out / record["file"], tensors, store_dtype, {**record, "cache": key})
+        written.append(record)
+        if rank == 0:
+            before = set(records)
+            records[k] = record
+            if world > 1:  # the other ranks' shards written so far
+                records = _done_shards(out, manifest, len(dataset), key, known=records)
+                bar.update(sum(records[i]["items"] for i in set(records) - before - {k}))
+            manifest = _with_shards(manifest, records)
+            _write_manifest(out, manifest)
+    everyone = []
+    if world > 1:
+        everyone = [None] * world
+        torch.distributed.all_gather_object(everyone, written)  # also: every rank is done
+
+    def finish():
+        for record in (r for rank_records in everyone for r in rank_records):
+            if record["index"] not in records:
+                bar.update(record["items"])
+            records[record["index"]] = record
+        final = {**_with_shards(manifest, records), "complete": True}
+        _write_manifest(out, final)
+        return final
+
+    manifest = _decided_by_rank0(rank, world, finish)
     bar.close()
-    manifest["complete"] = True
-    _write_manifest(out, manifest)
     return manifest
 
 
@@ -203,11 +346,12 @@ def _encode_items(autoencoder, dataset, items: range, batch_size: int, device: t
     return {"latent": torch.cat(latents), "video": torch.cat(videos).long(), "start": torch.cat(starts).long()}, failed
 
 
-def _save_shard(path: pathlib.Path, tensors: dict, store_dtype: torch.dtype) -> None:
+def _save_shard(path: pathlib.Path, tensors: dict, store_dtype: torch.dtype, record: dict) -> None:
     from safetensors.torch import save_file
 
     tensors = {**tensors, "latent": tensors["latent"].to(store_dtype).contiguous()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT}))
+    metadata = {"format": CACHE_FORMAT, SHARD_RECORD: json.dumps(record, sort_keys=True)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 class LatentDataset(torch.utils.data.Dataset):

@@ -318,3 +318,41 @@ def test_latent_cache_in_loader_workers(tmp_path):
     batches = list(make_loader(cache, 2, num_workers=2, device="cpu", seed=1))
     assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(len(cache)))
     assert batches[0]["latent"].shape[1:] == cache.latent_shape and batches[0]["cond_valid"].dtype == torch.bool
+
+
+def test_a_shard_written_but_not_listed_is_taken_up_from_its_record(tmp_path, monkeypatch):
+    """A run killed between writing a shard and listing it in the manifest (or a torchrun rank's shard
+    that rank 0 had not listed yet): the shard's own record brings it back, only for its own cache."""
+    from pvdm_fast.data import latents
+
+    ds = synthetic_windows(count=4)  # 12 clips: 4 shards of 3, one batch each
+    reference = encode_dataset(TinyTriplaneEncoder(), ds, tmp_path / "full", autoencoder_id="ae", shard_size=3,
+                               batch_size=3, progress=False)
+    write, writes = latents._write_manifest, []
+
+    def killed_on_the_second(out, manifest):
+        writes.append(len(manifest["shards"]))
+        if len(writes) == 2:
+            raise KeyboardInterrupt("killed after shard 1 was written, before it was listed")
+        write(out, manifest)
+
+    monkeypatch.setattr(latents, "_write_manifest", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(TinyTriplaneEncoder(), ds, tmp_path / "cache", autoencoder_id="ae", shard_size=3,
+                       batch_size=3, progress=False)
+    monkeypatch.setattr(latents, "_write_manifest", write)
+    assert [s["index"] for s in read_manifest(tmp_path / "cache")["shards"]] == [0]
+    assert (tmp_path / "cache/shard-00001.safetensors").is_file()
+    resumed = TinyTriplaneEncoder()
+    assert encode_dataset(resumed, ds, tmp_path / "cache", autoencoder_id="ae", shard_size=3, batch_size=3,
+                          progress=False) == reference
+    assert resumed.calls == 2  # shards 2 and 3; shard 1 was taken up
+    (tmp_path / "cache/manifest.json").unlink()  # shards of another cache are not taken up
+    other = TinyTriplaneEncoder()
+    encode_dataset(other, ds, tmp_path / "cache", autoencoder_id="other", shard_size=3, batch_size=3, progress=False)
+    assert other.calls == 4
+    (tmp_path / "cache/manifest.json").unlink()  # its own are, even without a manifest
+    again = TinyTriplaneEncoder()
+    manifest = encode_dataset(again, ds, tmp_path / "cache", autoencoder_id="other", shard_size=3, batch_size=3,
+                              progress=False)
+    assert again.calls == 0 and manifest == {**reference, "autoencoder": {"sha256": "other", "config": {}}}
