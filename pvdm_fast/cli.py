@@ -156,15 +156,61 @@ def _sample(args: argparse.Namespace, formats, sampler, steps, eta, device, ctx)
     else:
         raise ValueError("pass either --autoencoder and --diffusion (pvdm_fast weights) or "
                          "--official-autoencoder and --official-diffusion (official .pth) with --config")
+    context, context_settings = None, None
+    if args.context is not None:
+        context, context_settings = _context_videos(args, pipe)
+    elif any(v is not None for v in (args.context_split, args.context_stride)):
+        raise ValueError("--context-split and --context-stride go with --context (the videos to continue)")
     result = sample_to_folder(pipe, args.out, num=args.num, batch_size=args.batch_size, seed=args.seed,
                               formats=formats, fps=args.fps, frames=args.frames, sampler=sampler, steps=steps,
                               eta=eta, guidance=args.guidance, condition=args.condition,
-                              clip_x0=not args.no_clip, model_id=model_id, progress=not args.quiet, ctx=ctx)
+                              clip_x0=not args.no_clip, model_id=model_id, progress=not args.quiet, ctx=ctx,
+                              context=context, context_settings=context_settings, with_context=args.with_context)
     if ctx is not None and not ctx.is_main:
         return 0
     print(f"{args.out}: {result['total']} videos ({result['existing']} already there, "
           f"{result['generated']} generated)")
     return 0
+
+
+def _context_videos(args: argparse.Namespace, pipe):
+    """--context: video i continues the first clip of the dataset's i-th video (its videos in their
+    sorted order), read at the autoencoder's frame size and, for pvdm_fast weights, the frame stride
+    and resize it was trained with. Returns (indices -> float (N, 3, T, H, W), the recorded settings)."""
+    import torch
+
+    from pvdm_fast.data import open_dataset
+
+    height, width = pipe.autoencoder.config.frame_size
+    if height != width:
+        raise ValueError(f"--context reads square clips, and this autoencoder makes {height}x{width} frames")
+    trained_on = {}
+    if args.autoencoder:
+        from safetensors import safe_open
+
+        with safe_open(args.autoencoder, framework="pt") as f:
+            config = json.loads((f.metadata() or {}).get("config", "{}"))
+        trained_on = config.get("data") if isinstance(config.get("data"), dict) else {}
+    stride = args.context_stride if args.context_stride is not None else int(trained_on.get("frame_stride", 1))
+    antialias = bool(trained_on.get("antialias", True))
+    dataset = open_dataset(args.context, resolution=height, frames=pipe.clip_frames, stride=stride, mode="windows",
+                           offsets=(0,), clips_per_video=1, split=args.context_split, fold=args.context_fold,
+                           antialias=antialias, substitute=False)
+    if len(dataset) < args.num:
+        raise ValueError(f"--context {args.context} has {len(dataset)} videos of at least {pipe.clip_frames} frames "
+                         f"at stride {stride}, fewer than --num {args.num}")
+
+    def clips(indices: list[int]) -> torch.Tensor:
+        items = [dataset[i] for i in indices]
+        for i, item in zip(indices, items):
+            if not item["ok"]:
+                raise ValueError(f"--context: video {i} ({dataset.sources[item['video_index']].path}) could not be "
+                                 "read; use other data or check it with `pvdm data check`")
+        return torch.stack([item["video"] for item in items])
+
+    settings = {"data": args.context, "split": args.context_split, "fold": args.context_fold, "stride": stride,
+                "antialias": antialias, "frames": pipe.clip_frames, "resolution": height}
+    return clips, settings
 
 
 def _add_sample(sub) -> None:
@@ -189,6 +235,14 @@ def _add_sample(sub) -> None:
     p.add_argument("--condition", choices=("reencode", "latent"), default="reencode",
                    help="long videos: condition on the re-encoded previous clip (official) or its latent")
     p.add_argument("--no-clip", action="store_true", help="do not clip the x0 prediction to [-1, 1]")
+    p.add_argument("--context", default=None, metavar="FORMAT:PATH",
+                   help="continue real videos: video i is conditioned on the first clip of the dataset's i-th "
+                        "video, and --frames new frames follow it")
+    p.add_argument("--context-split", default=None, help="--context data split (ucf101: all/train/test; sky: train/test)")
+    p.add_argument("--context-fold", type=int, default=1, help="--context ucf101 split fold (1-3)")
+    p.add_argument("--context-stride", type=int, default=None,
+                   help="frame stride of the context clips (default: the autoencoder file's data.frame_stride, else 1)")
+    p.add_argument("--with-context", action="store_true", help="write each context clip before its new frames")
     p.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
     p.add_argument("--format", default="mp4", help="comma-separated: mp4, gif, png, npz")
     p.add_argument("--fps", type=float, default=16.0)

@@ -114,8 +114,14 @@ class Pipeline:
     def __call__(self, num_videos: int = 1, frames: int | None = None, *, sampler: str = "ddim",
                  steps: int | None = None, eta: float | None = None, guidance: float | None = None,
                  seed: int = 0, seeds: Sequence[int] | None = None, condition: str = "reencode",
-                 clip_x0: bool = True, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
-        """uint8 (num_videos, frames, H, W, 3) on the CPU; frames defaults to one clip."""
+                 clip_x0: bool = True, batch_size: int | None = None, progress: bool = False,
+                 context: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (num_videos, frames, H, W, 3) on the CPU; frames defaults to one clip.
+
+        `context`: continue given videos instead of starting from nothing, one per video: uint8
+        (N, T, H, W, 3) as this returns, or float (N, 3, T, H, W) in [-1, 1], T >= the clip length.
+        Their last clip conditions the first generated clip (as each generated clip conditions the
+        next), and the result holds only the `frames` new frames."""
         seeds = list(range(_int(seed, "seed"), _int(seed, "seed") + _int(num_videos, "num_videos"))
                      ) if seeds is None else [_int(s, "seeds") for s in seeds]
         if not seeds:
@@ -123,11 +129,37 @@ class Pipeline:
         if batch_size is not None and _int(batch_size, "batch_size") < 1:
             raise ValueError(f"batch_size must be positive (or None: all videos at once), got {batch_size}")
         frames, clips, plan, w = self.resolve(frames, sampler, steps, eta, guidance, condition)
+        if context is not None:
+            context = self.context_clips(context, len(seeds))
         size = batch_size or len(seeds)
         with self._cpu_flags():
-            out = [self._generate(seeds[i:i + size], clips, plan, w, condition, clip_x0, progress)
+            out = [self._generate(seeds[i:i + size], clips, plan, w, condition, clip_x0, progress,
+                                  None if context is None else context[i:i + size])
                    for i in range(0, len(seeds), size)]
         return torch.cat(out)
+
+    def context_clips(self, context: torch.Tensor, num_videos: int) -> torch.Tensor:
+        """The last clip of each context video as float (N, 3, T, H, W) in [-1, 1] (see __call__);
+        a ValueError for anything that is not one such video per sampled video."""
+        if not self.unet.config.cond_model:
+            raise ValueError("continuing a video needs a conditional UNet (cond_model=True)")
+        if not isinstance(context, torch.Tensor):
+            raise ValueError(f"context must be a tensor, got {type(context).__name__}")
+        height, width = self.autoencoder.config.frame_size
+        if context.dtype == torch.uint8 and context.dim() == 5 and context.shape[-1] == 3:
+            context = context.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        elif context.is_floating_point() and context.dim() == 5 and context.shape[1] == 3:
+            if not bool(torch.isfinite(context).all()) or float(context.abs().max()) > 1.0 + 1e-3:
+                raise ValueError("a float context must be finite and in [-1, 1] (uint8 videos are taken as they are)")
+            context = context.float().clamp(-1, 1)
+        else:
+            raise ValueError(f"context must be uint8 (N, T, H, W, 3) or float (N, 3, T, H, W); got {context.dtype} "
+                             f"{tuple(context.shape)}")
+        n, _, t, h, w = context.shape
+        if n != num_videos or t < self.clip_frames or (h, w) != (height, width):
+            raise ValueError(f"context holds {n} videos of {t} frames at {h}x{w}; this call needs {num_videos} "
+                             f"videos of at least {self.clip_frames} frames at {height}x{width}")
+        return context[:, :, t - self.clip_frames:]
 
     def resolve(self, frames: int | None = None, sampler: str = "ddim", steps: int | None = None,
                 eta: float | None = None, guidance: float | None = None, condition: str = "reencode"):
@@ -157,15 +189,16 @@ class Pipeline:
         return flush_denormals()
 
     def _generate(self, seeds: list[int], clips: int, plan: SamplingPlan, w: float, condition: str,
-                  clip_x0: bool, progress: bool) -> torch.Tensor:
+                  clip_x0: bool, progress: bool, context: torch.Tensor | None = None) -> torch.Tensor:
         noise = PerSampleNoise(seeds, self.device)
+        first = None if context is None else self._encode(context.to(self.device))
         shape = (len(seeds), *self.latent_shape)
 
         def sample_clip(cond: torch.Tensor | None) -> torch.Tensor:
             eps_fn = self._eps_fn(len(seeds), cond, w)
             return run_plan(eps_fn, plan, shape, noise=noise, clip_x0=clip_x0, progress=progress, loop=self._loop)
 
-        parts = iter_long_video(sample_clip, self._decode, self._encode, clips, condition)
+        parts = iter_long_video(sample_clip, self._decode, self._encode, clips, condition, first)
         return torch.cat([to_uint8(clip) for clip in parts], dim=1)
 
     def _autocast(self):

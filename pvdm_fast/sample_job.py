@@ -228,13 +228,21 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
                      formats: Sequence[str], fps: float = 16.0, frames: int | None = None,
                      sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
                      guidance: float | None = None, condition: str = "reencode", clip_x0: bool = True,
-                     model_id: str = "", progress: bool = True, ctx=None) -> dict:
+                     model_id: str = "", progress: bool = True, ctx=None,
+                     context: Callable[[list[int]], "torch.Tensor"] | None = None, context_settings: dict | None = None,
+                     with_context: bool = False) -> dict:
     """`run_sample_job` with a Pipeline; the settings that change the videos guard the folder.
+
+    `context(indices)` -> the videos to continue (see Pipeline.__call__), one per video index;
+    `context_settings` says where they come from (recorded with the settings); `with_context` writes
+    each context clip before the new frames.
 
     They are checked (Pipeline.resolve) before anything is written, and recorded with the defaults
     filled in, so that `--guidance 0` resumes a folder sampled without `--guidance` when the config's
     weight is 0. The precision and the device type are recorded too: bf16 and fp32 videos, or CPU and
     CUDA noise, differ."""
+    import torch
+
     frames, _, _, w = pipe.resolve(frames, sampler, steps, eta, guidance, condition)
     from pvdm_fast.pipeline import DEFAULT_STEPS
 
@@ -246,10 +254,20 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
     settings = {"model": model_id, "frames": frames, "sampler": sampler, "steps": steps, "eta": eta,
                 "guidance": guidance, "condition": condition, "clip_x0": clip_x0,
                 "precision": pipe.precision, "device": pipe.device.type}
+    if context is not None:  # only then: folders sampled before contexts existed still resume
+        settings.update(context=context_settings or {}, with_context=bool(with_context))
+    elif with_context:
+        raise ValueError("--with-context needs --context (the videos to continue)")
 
     def generate(seeds: list[int]) -> np.ndarray:
-        return pipe(frames=frames, seeds=seeds, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                    condition=condition, clip_x0=clip_x0).numpy()
+        clips = None if context is None else pipe.context_clips(context([s - seed for s in seeds]), len(seeds))
+        videos = pipe(frames=frames, seeds=seeds, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                      condition=condition, clip_x0=clip_x0, context=clips)
+        if with_context:
+            from pvdm_fast.pipeline import to_uint8
+
+            videos = torch.cat([to_uint8(clips), videos], dim=1)
+        return videos.numpy()
 
     # what None stood for in older files: the defaults, not this run's values
     defaults = {"steps": default_steps, "eta": 1.0 if sampler == "ddim" else None,

@@ -88,6 +88,62 @@ def test_long_video_reencodes_each_previous_clip(models, monkeypatch, condition,
     assert all(shape == (1, 3, 4, 16, 16) for shape in seen)
 
 
+def test_context_conditions_the_first_clip_on_the_last_context_clip(models):
+    # Continuing videos: the first new clip is conditioned on the encoded last clip of each context (the
+    # frames before it do not matter), and uint8 and float contexts of the same frames give one result.
+    from pvdm_fast.pipeline import Pipeline, to_uint8
+
+    ae, unet, diffusion = models
+    conds = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet, self.config = unet, unet.config
+
+        def forward(self, x, t, cond=None):
+            conds.append(None if cond is None else cond.clone())
+            return self.unet(x, t, cond)
+
+    pipe = Pipeline(ae, Recording(), diffusion, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    context = torch.rand((2, 3, 6, 16, 16), generator=gen) * 2 - 1   # 6 frames: the last 4 are used
+    kw = dict(seeds=[7, 8], frames=8, sampler="ddim", steps=2, eta=1.0)
+    videos = pipe(context=context, **kw)
+    assert videos.shape == (2, 8, 16, 16, 3)
+    expected = pipe._encode(context[:, :, 2:])
+    assert conds[0] is not None and torch.allclose(conds[0], expected, atol=1e-6)
+    assert all(c is not None for c in conds)  # every clip conditioned, none from a zero condition
+    # the frames before the last clip are ignored; uint8 frames are the float frames quantised
+    changed = context.clone()
+    changed[:, :, :2] = 0
+    assert torch.equal(pipe(context=changed, **kw), videos)
+    as_uint8 = to_uint8(context)
+    from_uint8 = pipe(context=as_uint8, **kw)
+    from_float = pipe(context=as_uint8.permute(0, 4, 1, 2, 3).float() / 127.5 - 1, **kw)
+    assert torch.equal(from_uint8, from_float)
+    # another context, another continuation (same seeds)
+    assert (pipe(context=context.flip(0), **kw)[0].int() - videos[0].int()).abs().float().mean() > 1
+    # batching does not change which context a video continues
+    alone = pipe(context=context[1:], seeds=[8], frames=8, sampler="ddim", steps=2, eta=1.0)
+    assert (alone[0].int() - videos[1].int()).abs().max() <= 1
+
+
+def test_bad_contexts_are_value_errors(models, pipe):
+    from pvdm_fast.pipeline import Pipeline
+
+    good = torch.zeros((1, 3, 4, 16, 16))
+    for bad, match in [(torch.zeros((2, 3, 4, 16, 16)), "1 videos"), (torch.zeros((1, 3, 3, 16, 16)), "at least 4"),
+                       (torch.zeros((1, 3, 4, 8, 8)), "16x16"), (good + 200, r"\[-1, 1\]"),
+                       (good * float("nan"), "finite"), (torch.zeros((1, 4, 16, 16, 3)), "uint8"),
+                       (torch.zeros((1, 4, 16, 16)), "uint8"), (good.numpy(), "tensor")]:
+        with pytest.raises(ValueError, match=match):
+            pipe(seeds=[0], sampler="ddim", steps=1, context=bad)
+    ae, unet, diffusion = tiny_models(cond_model=False)
+    with pytest.raises(ValueError, match="conditional UNet"):
+        Pipeline(ae, unet, diffusion, device="cpu")(seeds=[0], sampler="ddim", steps=1, context=good)
+
+
 def test_from_checkpoints_gives_the_same_videos(models, pipe, tmp_path):
     from pvdm_fast.models.io import save_weights
     from pvdm_fast.pipeline import Pipeline

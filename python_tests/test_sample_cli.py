@@ -346,3 +346,51 @@ def test_every_sample_option_survives_torchruns_parser():
     assert args.num == 8 and args.cuda_graph and args.no_clip
     with pytest.raises(SystemExit):  # the plain spelling really is refused there
         run.get_args_parser().parse_args(["--nproc_per_node=2", "-m", "pvdm_fast.cli", "sample", "--num", "8"])
+
+
+def test_context_continues_the_first_clip_of_each_dataset_video(checkpoints, tmp_path, capsys):
+    # --context synthetic:5: video i continues the first clip of the dataset's video i; --with-context
+    # writes that clip before the new frames; the settings record the context; resume keeps the videos.
+    import torch
+
+    from pvdm_fast.data import open_dataset
+    from pvdm_fast.pipeline import Pipeline, to_uint8
+
+    out = tmp_path / "continued"
+    argv = _argv(checkpoints, out, "--num", "3", "--batch-size", "2", "--frames", "8", "--format", "npz",
+                 "--seed", "4", "--context", "synthetic:5", "--with-context")
+    assert cli.main(argv) == 0
+    assert "3 generated" in capsys.readouterr().out
+    data = open_dataset("synthetic:5", resolution=16, frames=4, mode="windows", offsets=(0,), clips_per_video=1,
+                        substitute=False)
+    pipe = Pipeline.from_checkpoints(checkpoints / "ae.safetensors", checkpoints / "diffusion.safetensors",
+                                     device="cpu")
+    for i in range(3):
+        video = np.load(output_path(out, i, "npz"))["video"]
+        context = data[i]["video"][None]
+        assert video.shape == (12, 16, 16, 3)
+        assert np.array_equal(video[:4], to_uint8(context)[0].numpy())  # the real clip, then the new frames
+        alone = pipe(seeds=[4 + i], frames=8, sampler="dpm++2m", steps=2, context=context)[0].numpy()
+        assert np.abs(video[4:].astype(int) - alone.astype(int)).max() <= 1
+    settings = json.loads((out / "sample_settings.json").read_text())
+    assert settings["context"]["data"] == "synthetic:5" and settings["with_context"] is True
+    assert cli.main(argv[:argv.index("--num") + 1] + ["4"] + argv[argv.index("--num") + 2:]) == 0
+    assert "3 already there, 1 generated" in capsys.readouterr().out
+    # without --context the folder is another set of videos
+    assert cli.main(_argv(checkpoints, out, "--num", "4", "--frames", "8", "--format", "npz", "--seed", "4")) == 2
+    assert "other settings" in capsys.readouterr().err
+    # a folder sampled before contexts existed (no context keys) still resumes without one
+    plain = tmp_path / "plain"
+    assert cli.main(_argv(checkpoints, plain, "--num", "1", "--format", "npz")) == 0
+    assert "context" not in json.loads((plain / "sample_settings.json").read_text())
+
+
+def test_context_errors_are_clean(checkpoints, tmp_path, capsys):
+    out = tmp_path / "s"
+    for extra, message in [(["--context", "synthetic:2", "--num", "3"], "fewer than --num 3"),
+                           (["--with-context"], "--with-context needs --context"),
+                           (["--context-split", "test"], "go with --context"),
+                           (["--context", f"videos:{tmp_path / 'none'}"], "none")]:
+        assert cli.main(_argv(checkpoints, out, "--format", "npz", *extra)) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not any(out.glob("video_*"))

@@ -28,8 +28,10 @@ def num_clips(frames: int, clip_frames: int) -> int:
 
 def iter_long_video(sample_clip: SampleClip, decode: Callable[[torch.Tensor], torch.Tensor],
                     encode: Callable[[torch.Tensor], torch.Tensor] | None, clips: int,
-                    condition: str = "reencode") -> Iterator[torch.Tensor]:
+                    condition: str = "reencode", first_cond: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield the decoded clips (B, 3, T, H, W) in [-1, 1], in order; clip k > 0 is conditioned on k-1.
+    `first_cond`: the latent the first clip is conditioned on (a real clip's, to continue a video);
+    None: a zero condition, as for a video from scratch.
 
     Yielding clip by clip lets callers move each one off the device before the next is sampled.
     """
@@ -39,7 +41,7 @@ def iter_long_video(sample_clip: SampleClip, decode: Callable[[torch.Tensor], to
         raise ValueError("condition='reencode' needs the autoencoder's encoder")
     if clips < 1:
         raise ValueError(f"need at least one clip, got {clips}")
-    cond = None
+    cond = first_cond
     for k in range(clips):
         latent = sample_clip(cond)
         # Clamped as the official evaluation does before using or re-encoding decoded frames.
