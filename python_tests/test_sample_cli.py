@@ -339,7 +339,8 @@ def test_every_sample_option_survives_torchruns_parser():
                "od", "--config", "ucf101-256", "--out", "o", "--num-videos", "8", "--batch-size", "2", "--frames",
                "32", "--protocol", "official", "--sampler", "ddim", "--steps", "400", "--eta", "1", "--guidance",
                "0", "--condition", "latent", "--no-clip", "--seed", "1", "--format", "npz", "--fps", "8",
-               "--device", "cuda", "--precision", "bf16", "--compile", "--cuda-graph", "--quiet"]
+               "--device", "cuda", "--precision", "bf16", "--compile", "--cuda-graph", "--quiet", "--context", "ucf101:/d",
+               "--context-split", "test", "--context-fold", "2", "--context-stride", "1", "--with-context"]
     launched = run.get_args_parser().parse_args(["--nproc_per_node=2", "-m", "pvdm_fast.cli", "sample", *options])
     assert launched.training_script == "pvdm_fast.cli" and launched.training_script_args == ["sample", *options]
     args = cli.build_parser().parse_args(launched.training_script_args)
