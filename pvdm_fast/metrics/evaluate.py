@@ -62,6 +62,17 @@ def _i3d(path, device):
     return model, (lambda videos: i3d_features(model, videos)), net
 
 
+def i3d_extractor(path, device, frames: int | None = None):
+    """(extract, network protocol) of an I3D weights file: `extract` maps uint8 (B, T, H, W, 3) videos to
+    float64 (B, D) FVD features on the CPU. With `frames`, clips of that length are checked to fit the I3D."""
+    from pvdm_fast.metrics.i3d import check_i3d_frames
+
+    model, extract, net = _i3d(path, device)
+    if frames is not None:
+        check_i3d_frames(model, frames)
+    return extract, net
+
+
 def _check_real_size(size: tuple[int, int], fake, real_size: int, real_desc: str, fix: str) -> None:
     """FVD / KVD compare both sides at one resolution: the generated videos' (H, W) must be the real
     clips' real_size x real_size."""

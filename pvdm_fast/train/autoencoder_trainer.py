@@ -246,6 +246,49 @@ class AutoencoderTrainer(Trainer):
         self.logger.add_video("reconstructions", torch.cat([self._preview, recon.float()], dim=-1),
                                self.step * self.clips_per_step)
 
+    # ---- held-out evaluation (eval_every) ---------------------------------------------------
+    def prepare_eval(self) -> None:
+        from pvdm_fast.train.evaluation import load_fvd_network
+
+        self._eval_clips = self.eval_clips(self.ae_config.frames)
+        self._eval_clips.check()
+        # LPIPS as the loss has it; loaded for the evaluation alone when the loss does not use it
+        self._eval_lpips = self.lpips
+        if self._eval_lpips is None and self.tc.lpips_weights:
+            self._eval_lpips = load_lpips(self.tc.lpips_weights, self.ctx.device)
+        self._eval_extract = None
+        if self.tc.eval_i3d:
+            self._eval_extract, _ = load_fvd_network(self.tc.eval_i3d, self.ctx.device, self.ae_config.frames)
+
+    def evaluate(self) -> dict[str, float]:
+        """PSNR / SSIM (/ LPIPS) of the exported weights' reconstructions of the held-out clips, as
+        `pvdm eval recon` scores them (fp32, metrics.recon), and with eval_i3d the reconstruction FVD: I3D
+        features of the reconstructions against those of the same clips."""
+        from pvdm_fast.metrics.recon import evaluate_reconstruction
+        from pvdm_fast.metrics.stats import FeatureStats
+        from pvdm_fast.train.evaluation import frechet, gather_stats, quantise_generated, quantise_real
+
+        net = self.eval_copy(self.model)
+        extract = self._eval_extract
+        real, fake = FeatureStats(keep_features=False), FeatureStats(keep_features=False)
+
+        def reconstruct(video: torch.Tensor) -> torch.Tensor:
+            recon = net(video)
+            if extract is not None:
+                real.update(extract(quantise_real(video)))
+                fake.update(extract(quantise_generated(recon)))
+            return recon
+
+        scores = evaluate_reconstruction(reconstruct, self._eval_clips.batches(as_uint8=False), self._eval_lpips,
+                                         device=self.ctx.device)
+        results = {"eval/psnr": scores["psnr"], "eval/ssim": scores["ssim"]}
+        if "lpips" in scores:
+            results["eval/lpips"] = scores["lpips"]
+        if extract is not None:
+            real, fake = gather_stats(real), gather_stats(fake)
+            results["eval/rfvd"] = frechet(real.mean, real.cov, fake)
+        return results
+
     def export(self) -> list[pathlib.Path]:
         from pvdm_fast.models.io import save_weights
 

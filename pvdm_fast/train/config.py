@@ -12,6 +12,7 @@ from typing import Optional
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LR_DECAYS = ("none", "linear", "cosine")
+EVAL_SAMPLERS = ("ddim", "ddpm", "dpm++2m")  # pvdm_fast.diffusion.samplers.SAMPLERS (not imported: config stays light)
 
 
 @dataclass
@@ -42,6 +43,17 @@ class _Common:
     device: str = "auto"
     tensorboard: bool = True
     data_seed: int = 0
+    # Held-out evaluation every eval_every optimizer steps (and once at the last step), logged as eval/* in
+    # metrics.jsonl and TensorBoard. It never touches the training RNG streams or data order: a run with it
+    # trains the same weights as without. Autoencoder: PSNR and SSIM of the exported weights' (EMA when
+    # there is one) reconstructions, LPIPS with lpips_weights, reconstruction FVD (eval/rfvd) with eval_i3d.
+    # Diffusion: FVD (eval/fvd) of eval_videos EMA samples against as many real clips (needs eval_i3d).
+    eval_every: int = 0                 # 0: off
+    eval_videos: int = 64               # held-out clips (and, diffusion, samples) per evaluation, over all ranks
+    eval_data: Optional[str] = None     # FORMAT:PATH of the held-out clips; None / empty: the training --data
+    eval_split: Optional[str] = None    # e.g. test; None: data.split (the training data's split)
+    eval_i3d: Optional[str] = None      # I3D weights file, as `pvdm eval fvd --i3d` takes; None: no FVD
+    eval_seed: int = 0                  # which clips (seeded permutation and start) and, diffusion, sample seeds
 
 
 @dataclass
@@ -74,6 +86,8 @@ class TrainDiffusionConfig(_Common):
     cond_prob: Optional[float] = None   # None: take diffusion.cond_prob
     sample_steps: int = 100             # DDIM steps of the periodic samples
     sample_count: int = 4
+    eval_sampler: str = "ddim"          # sampler of the eval/fvd samples (ddim with eta 1, ddpm or dpm++2m), as
+    eval_steps: int = 100               #   `pvdm sample --sampler --steps` makes them (capped at the timesteps)
 
 
 SECTIONS = {"train_autoencoder": TrainAutoencoderConfig, "train_diffusion": TrainDiffusionConfig}
@@ -127,11 +141,20 @@ def validate(c, name: str) -> None:
     need(c.log_every >= 1 and c.checkpoint_every >= 1, "log_every and checkpoint_every must be >= 1")
     need(c.sample_every >= 0, f"sample_every must be >= 0 (0: no periodic samples), got {c.sample_every}")
     need(c.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (the newest N are kept), got {c.keep_checkpoints}")
+    need(c.eval_every >= 0, f"eval_every must be >= 0 (0: no held-out evaluation), got {c.eval_every}")
+    need(c.eval_videos >= 1, f"eval_videos must be >= 1, got {c.eval_videos}")
+    if c.eval_every and c.eval_i3d:
+        need(c.eval_videos >= 2, f"eval_videos must be >= 2 for an FVD (it fits a covariance), got {c.eval_videos}")
     if isinstance(c, TrainAutoencoderConfig):
         need(c.l1_weight >= 0 and c.l2_weight >= 0 and c.l1_weight + c.l2_weight > 0,
              f"l1_weight and l2_weight must be >= 0 and not both 0, got {c.l1_weight} and {c.l2_weight}")
     if isinstance(c, TrainDiffusionConfig):
         need(c.cond_prob is None or 0.0 <= c.cond_prob <= 1.0, f"cond_prob must be in [0, 1], got {c.cond_prob}")
+        need(c.eval_sampler in EVAL_SAMPLERS, f"eval_sampler must be one of {EVAL_SAMPLERS}, got {c.eval_sampler!r}")
+        need(c.eval_steps >= 1, f"eval_steps must be >= 1, got {c.eval_steps}")
+        need(not c.eval_every or bool(c.eval_i3d),
+             f"eval_every={c.eval_every} needs eval_i3d=PATH (the I3D weights `pvdm eval fvd --i3d` takes): the "
+             "diffusion stage's evaluation is an FVD of samples; or set eval_every=0")
 
 
 def split_overrides(overrides, section_name: str) -> list[str]:

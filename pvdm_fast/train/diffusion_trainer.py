@@ -211,6 +211,49 @@ class DiffusionTrainer(Trainer):
         save_gif(self.run_dir / "samples" / f"samples-{self.step:08d}.gif", video_grid_frames([video]))
         self.logger.add_video("samples", video, self.step * self.clips_per_step)
 
+    # ---- held-out evaluation (eval_every) ---------------------------------------------------
+    def prepare_eval(self) -> None:
+        from pvdm_fast.train.evaluation import load_fvd_network
+
+        frames = int(self.autoencoder.config.frames)  # one clip: the real side is cut at the sample length
+        self._eval_clips = self.eval_clips(frames)
+        self._eval_clips.check()
+        self._eval_extract, self._eval_net = load_fvd_network(self.tc.eval_i3d, self.ctx.device, frames)
+        self._eval_real = None  # (mean, cov), once computed or read from the run folder
+
+    def _real_eval_stats(self):
+        from pvdm_fast.metrics.features import accumulate
+        from pvdm_fast.train.evaluation import REAL_STATS, cached_real_stats
+
+        if self._eval_real is None:
+            clips = self._eval_clips
+            self._eval_real = cached_real_stats(
+                self.run_dir / REAL_STATS, clips.protocol(self._eval_net),
+                lambda: accumulate(clips.batches(as_uint8=True), self._eval_extract, keep_features=False), self.ctx)
+        return self._eval_real
+
+    def evaluate(self) -> dict[str, float]:
+        """FVD of eval_videos samples of the exported (EMA) weights, one clip each from seeds eval_seed + i,
+        made as `pvdm sample` makes them (Pipeline, eval_sampler, eval_steps), against as many held-out
+        real clips (their statistics computed once, kept in the run folder's eval/real_stats.npz)."""
+        from pvdm_fast.metrics.features import accumulate
+        from pvdm_fast.pipeline import Pipeline
+        from pvdm_fast.train.evaluation import frechet
+
+        mean, cov = self._real_eval_stats()
+        tc = self.tc
+        pipe = Pipeline(self.autoencoder, self.eval_copy(self.model), self.diffusion_config, device=self.ctx.device)
+        steps = min(tc.eval_steps, self.schedule.num_timesteps)
+        seeds = list(range(tc.eval_seed, tc.eval_seed + tc.eval_videos))[self.ctx.rank::self.ctx.world_size]
+        size = self.local_batch
+
+        def batches():
+            for i in range(0, len(seeds), size):
+                yield pipe(seeds=seeds[i:i + size], sampler=tc.eval_sampler, steps=steps).numpy()
+
+        fake = accumulate(batches(), self._eval_extract, keep_features=False)
+        return {"eval/fvd": frechet(mean, cov, fake)}
+
     def export(self) -> list[pathlib.Path]:
         from pvdm_fast.models.io import save_weights
 

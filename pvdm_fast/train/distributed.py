@@ -105,3 +105,11 @@ def broadcast_object(ctx: DistContext, obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_module(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers into `module` on every rank (in place; all ranks take part)."""
+    if not ctx.distributed:
+        return
+    for tensor in module.state_dict().values():
+        dist.broadcast(tensor, src=0)

@@ -1,5 +1,6 @@
 """The step loop both trainers share: accumulation, mixed precision, clipping, non-finite losses,
-EMA, logging, periodic checkpoints and samples, exact resume and signal-triggered saves.
+EMA, logging, periodic checkpoints, samples and held-out evaluations, exact resume and signal-triggered
+saves.
 
 A stage subclasses `Trainer` and supplies the models (`build`), the dataset, `train_step` (which
 calls `accumulate` and `update` for each of its optimizers) and the weights to save. Per-step
@@ -11,6 +12,7 @@ on the global batch and a resumed run the same as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import math
@@ -186,6 +188,15 @@ class Trainer:
         """Final model files for `pvdm sample` / the next stage (rank 0)."""
         return []
 
+    def prepare_eval(self) -> None:
+        """Check and load what the held-out evaluation needs (eval_every > 0; all ranks, before training:
+        a bad eval setting is a ValueError before the first step)."""
+
+    def evaluate(self) -> dict[str, float]:
+        """The held-out evaluation at this step, {"eval/<metric>": value}; every rank takes part and gets
+        the same numbers. Runs under no_grad with the global generators preserved (see `_evaluate`)."""
+        return {}
+
     # ---- helpers for stages ----------------------------------------------------------------
     @property
     def clips_per_step(self) -> int:
@@ -233,6 +244,38 @@ class Trainer:
     def ema_due(self) -> bool:
         """Whether the step just taken moved the EMA's module (then the EMA may average it)."""
         return True
+
+    def eval_copy(self, model: nn.Module) -> nn.Module:
+        """An eval-mode copy of `model` holding the weights `export` would write (the EMA's once it averaged,
+        else the trained ones) on every rank: the EMA lives on rank 0 and is broadcast. The training module
+        keeps its mode, gradients and weights. Use it under no_grad: its parameters keep requires_grad, as
+        a model loaded by `pvdm eval recon` has them (some kernels pick another path, and rounding, without)."""
+        net = copy.deepcopy(model).eval()
+        use_ema = D.broadcast_object(self.ctx, self.ema is not None and self.ema.updates > 0)
+        if use_ema:
+            if self.ctx.is_main:
+                self.ema.copy_to(net)
+            D.broadcast_module(self.ctx, net)
+        return net
+
+    def eval_data_spec(self) -> str:
+        """The held-out clips' FORMAT:PATH: eval_data, else the training --data."""
+        spec = self.tc.eval_data or getattr(self, "data_spec", None)
+        if not spec:
+            raise ValueError(f"{self.section_name}.eval_every={self.tc.eval_every} needs eval_data=FORMAT:PATH (the "
+                             "held-out videos) when the run trains on a latent cache")
+        return spec
+
+    def eval_clips(self, frames: int):
+        """The held-out clips, cut as the training clips are (data.*), eval_split (default data.split)."""
+        from pvdm_fast.train.evaluation import EvalClips
+
+        d, tc = self.cfg.data, self.tc
+        split = tc.eval_split if tc.eval_split is not None else d.get("split")
+        return EvalClips(self.eval_data_spec(), num=tc.eval_videos, frames=frames, stride=int(d.frame_stride),
+                         resolution=int(d.resolution), split=split, fold=int(d.get("fold", 1)),
+                         antialias=bool(d.get("antialias", True)), seed=tc.eval_seed, batch_size=self.local_batch,
+                         ctx=self.ctx)
 
     def make_part(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float,
                   scheduler=None) -> Part:
@@ -467,6 +510,9 @@ class Trainer:
         if self.resume:
             self.restore()
         data = self.dataset()
+        if self.tc.eval_every:
+            with rng.preserved():
+                self.prepare_eval()
         # Only now, with the model, checkpoint and data accepted: a failed (re)start leaves the run's
         # saved arguments and metrics as they were.
         self._write_run_files()
@@ -515,13 +561,32 @@ class Trainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    def eval_due(self) -> bool:
+        """Every eval_every steps, and at the last step (the exported weights' numbers)."""
+        return bool(self.tc.eval_every) and (self.step % self.tc.eval_every == 0 or self.step == self.total_steps)
+
+    def _evaluate(self) -> dict[str, float]:
+        """The held-out evaluation, isolated from training: the global generators are put back, no
+        gradients, models are evaluated as copies (the training modules keep their mode)."""
+        import time
+
+        from pvdm_fast.train.evaluation import format_results
+
+        start = time.time()
+        with rng.preserved(), torch.no_grad():
+            results = self.evaluate()
+        self.logger.write(format_results(self.step, results, time.time() - start))
+        return results
+
     def _after_step(self, metrics: dict[str, float]) -> None:
         clips = self.step * self.clips_per_step
         self.logger.advance(self.clips_per_step, {k.split("/")[-1] if k.endswith("/loss") else k: v
                                                   for k, v in metrics.items() if k.endswith("/loss")})
-        if self.step % self.tc.log_every == 0 or self.step == self.total_steps:
-            self.logger.log(self.step, clips, metrics)
-            self.history.append({"step": self.step, "clips": clips, **metrics})
+        # An evaluation joins its step's row (one row per step, which a resume truncates after its checkpoint).
+        results = self._evaluate() if self.eval_due() else {}
+        if results or self.step % self.tc.log_every == 0 or self.step == self.total_steps:
+            self.logger.log(self.step, clips, {**metrics, **results})
+            self.history.append({"step": self.step, "clips": clips, **metrics, **results})
         if self.step % self.tc.checkpoint_every == 0:
             self.save()
         if self.tc.sample_every and self.step % self.tc.sample_every == 0 and self.ctx.is_main:

@@ -7,6 +7,7 @@ code) also continues exactly.
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -34,6 +35,17 @@ def restore(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved():
+    """Run work that is no part of training (evaluation: network constructors, DataLoader seeds) without
+    moving the global torch / CUDA / numpy / python generators: they are put back afterwards."""
+    state = capture()
+    try:
+        yield
+    finally:
+        restore(state)
 
 
 def step_generator(seed: int, step: int, micro: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
