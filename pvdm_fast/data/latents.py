@@ -201,13 +201,6 @@ def _with_shards(manifest: dict, records: dict[int, dict]) -> dict:
             "count": sum(r["count"] for r in ordered)}
 
 
-def _rank_world() -> tuple[int, int]:
-    """This process's rank and the world size of an initialised process group (torchrun), else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _decided_by_rank0(rank: int, world: int, decide):
     """`decide()` run on rank 0 and its result given to every rank; an error there is raised on every
     rank (a ValueError or FileNotFoundError as itself, so that each rank's CLI exits 2 with the
@@ -271,9 +264,11 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.Path
     one a single process writes."""
     from tqdm import tqdm
 
+    from pvdm_fast.data.loader import dist_rank_world
+
     _check_encode_args(batch_size, shard_size, num_workers)
     device = resolve_device(device)
-    rank, world = _rank_world()
+    rank, world = dist_rank_world()
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest, records = _start(out, autoencoder_id, autoencoder_config or {}, dataset, shard_size, store_dtype,

@@ -11,13 +11,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from pvdm_fast.data.loader import dist_rank_world  # noqa: F401 - (rank, world) for the metrics modules
 from pvdm_fast.metrics.stats import FeatureStats
-
-
-def dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def iter_dataset_batches(spec: str, *, num: int, frames: int, stride: int, resolution: int, batch_size: int,
