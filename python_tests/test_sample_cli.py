@@ -258,18 +258,12 @@ def test_a_folder_from_before_resolved_settings_still_resumes(checkpoints, tmp_p
 
 
 def _torchrun(nproc: int, argv: list[str], timeout: float = 240):
-    import os
-    import socket
     import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "pvdm_fast.cli", *argv]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    from torchrun_launch import launch_env, torchrun
+
+    return subprocess.run([*torchrun(nproc), "-m", "pvdm_fast.cli", *argv], env=launch_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_torchrun_processes_share_the_videos_and_make_what_one_process_makes(checkpoints, tmp_path, capsys):
@@ -352,8 +346,6 @@ def test_every_sample_option_survives_torchruns_parser():
 def test_context_continues_the_first_clip_of_each_dataset_video(checkpoints, tmp_path, capsys):
     # --context synthetic:5: video i continues the first clip of the dataset's video i; --with-context
     # writes that clip before the new frames; the settings record the context; resume keeps the videos.
-    import torch
-
     from pvdm_fast.data import open_dataset
     from pvdm_fast.pipeline import Pipeline, to_uint8
 

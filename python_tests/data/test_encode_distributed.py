@@ -14,6 +14,7 @@ import torch
 
 from .conftest import truncate, write_coded
 from .test_cli_data import save_tiny_autoencoder
+from torchrun_launch import free_port, torchrun
 
 TIMEOUT = 180  # seconds a launch may take before the test fails as a hang
 
@@ -35,17 +36,8 @@ def _env(**extra):
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}"]
+    return torchrun(nproc)
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -189,7 +181,7 @@ def test_a_mismatching_cache_is_refused_on_every_rank(built, tmp_path):
     del other
     # Each rank started as torchrun starts it, but by hand: torchrun would stop a rank still exiting
     # once another has exited, hiding its exit status.
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "pvdm_fast.cli",
                                *_encode_args(built, cache, autoencoder=tmp_path / "other.safetensors")],
                               env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",

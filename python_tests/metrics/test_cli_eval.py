@@ -117,11 +117,10 @@ def test_recon(tmp_path, monkeypatch):
 def test_recon_under_torchrun_scores_the_clips_one_process_scores(tmp_path):
     # Two gloo ranks each score half of the 5 clips; the totals are reduced, so rank 0 writes what one
     # process computes (up to float32 batch sums), and the count is every clip once.
-    import os
-    import socket
     import subprocess
-    import sys
     from dataclasses import asdict
+
+    from torchrun_launch import launch_env, torchrun
 
     from pvdm_fast.configs import load_config
     from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
@@ -132,13 +131,9 @@ def test_recon_under_torchrun_scores_the_clips_one_process_scores(tmp_path):
     save_weights(tmp_path / "ae.safetensors", Autoencoder(config).state_dict(), "autoencoder", asdict(config))
     common = ["--autoencoder", str(tmp_path / "ae.safetensors"), "--data", "synthetic:6", "--num-videos", "5",
               "--batch-size", "2", "--device", "cpu", "--quiet"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "pvdm_fast.cli", "eval", "recon",
-                           *common, "--out", str(tmp_path / "ranks.json")],
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    done = subprocess.run([*torchrun(2), "-m", "pvdm_fast.cli", "eval", "recon", *common,
+                           "--out", str(tmp_path / "ranks.json")],
+                          env=launch_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _run("recon", *common, "--out", str(tmp_path / "one.json")) == 0
     ranks, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ranks", "one"))

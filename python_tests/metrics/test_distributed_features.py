@@ -3,11 +3,12 @@
 import importlib.util
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
+
+from torchrun_launch import free_port
 
 WORKER = pathlib.Path(__file__).with_name("dist_features_worker.py")
 FRAMES, STRIDE, BATCH = 3, 2, 2
@@ -20,15 +21,9 @@ def _worker_module():
     return module
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_ranks(folder: pathlib.Path, out: pathlib.Path, world: int = 2) -> None:
     """Start `world` worker processes with the variables torchrun sets, and wait for all of them."""
-    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world),
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world),
             "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(folder), str(out), str(FRAMES), str(STRIDE),
                                str(BATCH)], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},

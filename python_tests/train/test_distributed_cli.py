@@ -14,19 +14,12 @@ import torch
 from pvdm_fast.cli import main
 from pvdm_fast.train.checkpoint import load_checkpoint
 from pvdm_fast.train.commands import train
+from torchrun_launch import torchrun
 
 
 def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
@@ -36,8 +29,7 @@ def test_two_gloo_processes_match_one(tmp_path, tiny_config, tiny_autoencoder, s
     cfg = tiny_config(train_autoencoder={"gan_start_step": -1, "total_clips": 8},
                       train_diffusion={"total_clips": 8})
     extra = ["--data", "synthetic:6"] + (["--autoencoder", str(tiny_autoencoder)] if stage == "diffusion" else [])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "pvdm_fast.cli", f"train-{stage}", "--config", str(cfg),
+    cmd = [*torchrun(2), "-m", "pvdm_fast.cli", f"train-{stage}", "--config", str(cfg),
            "--out", str(tmp_path / "ddp"), "--no-progress", *extra]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -8,7 +8,6 @@ stand-in feature network (`fake_i3d`); one test runs a real (random-weight) I3D 
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from pvdm_fast.train import evaluation
 from pvdm_fast.train.checkpoint import load_checkpoint
 from pvdm_fast.train.commands import train
 from pvdm_fast.train.logging import read_metrics
+from torchrun_launch import torchrun
 
 EVAL_KEYS_AE = {"eval/psnr", "eval/ssim", "eval/rfvd"}
 
@@ -283,14 +283,6 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
 def test_two_gloo_processes_evaluate_as_one(tmp_path, tiny_config, tiny_autoencoder, fake_i3d, stage):
     # 5 held-out clips / samples over 2 ranks (3 + 2), the EMA broadcast from rank 0 (both stages have one
@@ -303,8 +295,7 @@ def test_two_gloo_processes_evaluate_as_one(tmp_path, tiny_config, tiny_autoenco
     script = tmp_path / "run_with_stand_in_i3d.py"
     script.write_text(_TORCHRUN_SCRIPT)
     args = [f"train-{stage}", "--config", str(cfg), "--no-progress", *extra]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(script), *args, "--out", str(tmp_path / "ddp")]
+    cmd = [*torchrun(2), str(script), *args, "--out", str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
