@@ -18,6 +18,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -160,6 +161,7 @@ class Trainer:
         self.logger: RunLogger | None = None
         self.last_checkpoint: pathlib.Path | None = None
         self.history: list[dict] = []
+        self._stop: StopRequest | None = None  # the signal flag while the step loop runs
 
     # ---- what a stage provides -------------------------------------------------------------
     def build(self) -> None:
@@ -272,6 +274,10 @@ class Trainer:
 
         d, tc = self.cfg.data, self.tc
         split = tc.eval_split if tc.eval_split is not None else d.get("split")
+        if not tc.eval_data and split == d.get("split") and self.ctx.is_main:
+            print(f"note: the held-out evaluation draws its clips from the training data ({self.eval_data_spec()}, "
+                  f"split {split}): scores on seen clips. For unseen ones train on data.split=train with "
+                  "eval_split=test (UCF-101), or pass eval_data=FORMAT:PATH", file=sys.stderr)
         return EvalClips(self.eval_data_spec(), num=tc.eval_videos, frames=frames, stride=int(d.frame_stride),
                          resolution=int(d.resolution), split=split, fold=int(d.get("fold", 1)),
                          antialias=bool(d.get("antialias", True)), seed=tc.eval_seed, batch_size=self.local_batch,
@@ -523,6 +529,7 @@ class Trainer:
         interrupted = None
         try:
             with StopRequest() as stop:
+                self._stop = stop
                 stream = batch_stream(data, self.local_batch, rank=self.ctx.rank, world_size=self.ctx.world_size,
                                       seed=self.tc.data_seed, skip=self.step * self.tc.grad_accum * self.local_batch,
                                       num_workers=self.tc.num_workers, device=self.ctx.device)
@@ -582,12 +589,21 @@ class Trainer:
         clips = self.step * self.clips_per_step
         self.logger.advance(self.clips_per_step, {k.split("/")[-1] if k.endswith("/loss") else k: v
                                                   for k, v in metrics.items() if k.endswith("/loss")})
+        checkpoint_due, eval_due = self.step % self.tc.checkpoint_every == 0, self.eval_due()
+        saved = False
+        if eval_due and (checkpoint_due or self.step == self.total_steps):
+            # Before the evaluation: one that fails (e.g. out of memory beside the training) or is cut
+            # short loses no training, and at the last step the run then resumes straight to its export.
+            self.save()
+            saved = True
+        if eval_due and not D.all_true(self.ctx, self._stop is None or self._stop.requested is None):
+            eval_due = False  # a signal came: save and exit first (the loop's next check), no evaluation
         # An evaluation joins its step's row (one row per step, which a resume truncates after its checkpoint).
-        results = self._evaluate() if self.eval_due() else {}
+        results = self._evaluate() if eval_due else {}
         if results or self.step % self.tc.log_every == 0 or self.step == self.total_steps:
             self.logger.log(self.step, clips, {**metrics, **results})
             self.history.append({"step": self.step, "clips": clips, **metrics, **results})
-        if self.step % self.tc.checkpoint_every == 0:
+        if checkpoint_due and not saved:
             self.save()
         if self.tc.sample_every and self.step % self.tc.sample_every == 0 and self.ctx.is_main:
             self.sample()

@@ -312,3 +312,56 @@ def test_two_gloo_processes_evaluate_as_one(tmp_path, tiny_config, tiny_autoenco
 
         a, b = (load_stats(tmp_path / r / "eval" / "real_stats.npz")[0] for r in ("ddp", "one"))
         assert a["count"] == b["count"] == 5 and np.allclose(a["cov"], b["cov"], rtol=1e-9, atol=1e-12)
+
+
+def test_a_failing_or_signalled_evaluation_loses_no_training(tmp_path, tiny_config, monkeypatch):
+    # An evaluation that fails (out of memory beside the training, say) at a checkpoint step comes after
+    # that step's checkpoint; at the last step, after the final checkpoint, so a resume goes straight
+    # to the export. A signal before an evaluation skips it: the run saves and stops first.
+    import os
+    import signal
+
+    from pvdm_fast.train.autoencoder_trainer import AutoencoderTrainer
+
+    cfg = tiny_config(train_autoencoder={"total_clips": 24, "checkpoint_every": 4, "eval_every": 2,
+                                         "eval_videos": 2, "gan_start_step": -1})
+
+    def failing(self):
+        if self.step in (4, 6):
+            raise RuntimeError(f"out of memory (simulated) at step {self.step}")
+        return {"eval/psnr": 1.0}
+
+    monkeypatch.setattr(AutoencoderTrainer, "evaluate", failing)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="at step 4"):
+        train("autoencoder", config=str(cfg), out=str(run), data="synthetic:6", progress=False)
+    assert load_checkpoint(run).step == 4
+    with pytest.raises(RuntimeError, match="at step 6"):  # the last step: checkpoint 6, then the evaluation
+        train("autoencoder", resume=str(run), progress=False)
+    assert load_checkpoint(run).step == 6 and not (run / "autoencoder.safetensors").exists()
+    summary = train("autoencoder", resume=str(run), progress=False)
+    assert summary["step"] == 6 and (run / "autoencoder.safetensors").exists()
+
+    # SIGTERM during step 2 (an eval step): no evaluation, a checkpoint at step 2, interrupted
+    calls = []
+    original = AutoencoderTrainer.train_step
+
+    def signalled(self, batches):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batches)
+
+    monkeypatch.setattr(AutoencoderTrainer, "train_step", signalled)
+    monkeypatch.setattr(AutoencoderTrainer, "evaluate", lambda self: calls.append(self.step) or {"eval/psnr": 1.0})
+    summary = train("autoencoder", config=str(cfg), out=str(tmp_path / "stopped"), data="synthetic:6", progress=False)
+    assert summary["interrupted"] == "SIGTERM" and summary["step"] == 2 and calls == []
+    assert load_checkpoint(tmp_path / "stopped").step == 2
+
+
+def test_evaluating_on_the_training_clips_says_so(tmp_path, tiny_config, capsys):
+    cfg = tiny_config(train_autoencoder={"total_clips": 4, "eval_every": 1, "eval_videos": 2, "gan_start_step": -1})
+    train("autoencoder", config=str(cfg), out=str(tmp_path / "seen"), data="synthetic:6", progress=False)
+    assert "draws its clips from the training data (synthetic:6" in capsys.readouterr().err
+    train("autoencoder", config=str(cfg), out=str(tmp_path / "unseen"), data="synthetic:6", progress=False,
+          overrides=["eval_data=synthetic:4"])
+    assert "training data" not in capsys.readouterr().err
