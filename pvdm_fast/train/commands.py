@@ -58,6 +58,25 @@ def _run_dir(out: str | None, resume: str | None, auto_resume: bool = False) -> 
     return path, False
 
 
+def _same_source(a: str, b: str) -> bool:
+    """Whether two --data / --latents values name the same place (spelled alike, or the same path)."""
+    if a == b:
+        return True
+    prefix_a, _, rest_a = a.rpartition(":") if ":" in a and not pathlib.Path(a).exists() else ("", "", a)
+    prefix_b, _, rest_b = b.rpartition(":") if ":" in b and not pathlib.Path(b).exists() else ("", "", b)
+    return prefix_a == prefix_b and os.path.realpath(rest_a) == os.path.realpath(rest_b)
+
+
+def _check_auto_resume(run_dir: pathlib.Path, saved: dict, given: dict) -> None:
+    """--auto-resume continues the run in --out only with the data it was trained on: one job script
+    reused with other data (or a copy-paste slip) must not take up another run."""
+    for key, value in given.items():
+        if value is not None and saved.get(key) is not None and not _same_source(str(value), str(saved[key])):
+            raise ValueError(f"--auto-resume: {run_dir} holds a run trained with --{key} {saved[key]}, and this command "
+                             f"gives --{key} {value}; pass another --out for a new run, or continue that run on "
+                             f"purpose with --resume {run_dir} --{key} {value}")
+
+
 def _saved_run_info(run_dir: pathlib.Path) -> dict:
     from pvdm_fast.train.loop import RUN_INFO
 
@@ -76,6 +95,8 @@ def train(stage: str, *, config: str | None = None, overrides=(), out: str | Non
     overrides = list(overrides) + ([f"device={device}"] if device else [])
     cfg = resolve_config(config, overrides, stage, str(run_dir) if resuming else None)
     saved = _saved_run_info(run_dir) if resuming else {}
+    if auto_resume and resuming:
+        _check_auto_resume(run_dir, saved, {"data": data, "latents": latents})
     if saved and saved.get("stage") not in (None, STAGES[stage]):
         raise ValueError(f"{run_dir} is a {saved['stage']} run, not {STAGES[stage]}")
     from pvdm_fast.train.config import section

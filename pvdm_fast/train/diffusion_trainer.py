@@ -50,9 +50,12 @@ class DiffusionTrainer(Trainer):
                  latents: str | os.PathLike | None = None, **kwargs):
         if (data is None) == (latents is None):
             raise ValueError("train-diffusion needs exactly one of --data FORMAT:PATH or --latents CACHE_DIR")
+        from pvdm_fast.data.latents import file_sha256
+
         self.ae_path = resolve_autoencoder_file(autoencoder)
         super().__init__(cfg, run_dir, run_info={"autoencoder": str(self.ae_path), "data": data,
-                                                 "latents": None if latents is None else str(latents)}, **kwargs)
+                                                 "latents": None if latents is None else str(latents),
+                                                 "autoencoder_sha256": file_sha256(self.ae_path)}, **kwargs)
         self.data_spec, self.latents_dir = data, latents
 
     def build(self) -> None:
@@ -182,6 +185,22 @@ class DiffusionTrainer(Trainer):
         if self.ema is not None:
             out[self.EMA_WEIGHTS] = Weights(self.ema.state_dict(), "diffusion", self._file_config())
         return out
+
+    def restore(self) -> None:
+        """A run continues only on the latents of the autoencoder it was trained on (run.json records the
+        file's SHA-256 since this check exists): another one is another latent space."""
+        import json
+
+        from pvdm_fast.train.loop import RUN_INFO
+
+        path = self.run_dir / RUN_INFO
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        was, now = saved.get("autoencoder_sha256"), self.run_info["autoencoder_sha256"]
+        if was and was != now:
+            raise ValueError(f"{self.run_dir} was trained on the latents of the autoencoder {saved.get('autoencoder')} "
+                             f"(SHA-256 {was[:16]}...), and {self.ae_path} is another file ({now[:16]}...): a UNet "
+                             "cannot continue in another latent space; pass the run's autoencoder, or start a new run")
+        super().restore()
 
     def load_weights(self, checkpoint) -> None:
         self._load_state(self.model, checkpoint.weights("unet", self.ctx.device)[0], "the unet")

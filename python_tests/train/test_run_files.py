@@ -4,6 +4,7 @@ failed (re)start leaves run.json and config.yaml as they were."""
 import json
 
 import pytest
+import torch
 
 from pvdm_fast.train.autoencoder_trainer import AutoencoderTrainer
 from pvdm_fast.train.checkpoint import load_checkpoint
@@ -119,3 +120,54 @@ def test_tensorboard_videos_without_moviepy_are_one_note_not_a_message_per_step(
         logger.close()
         notes = capsys.readouterr().out.count("need the moviepy package")
         assert (notes, calls) == ((0, [("samples", 4), ("samples", 8)]) if have else (1, []))
+
+
+def test_auto_resume_refuses_a_run_on_other_data_and_diffusion_refuses_another_autoencoder(tmp_path, tiny_config):
+    # A job script reused with other data but the same --out must not take up that run; a diffusion run
+    # (resumed either way) continues only on its autoencoder's latents.
+    from dataclasses import asdict
+
+    from pvdm_fast.configs import load_config
+    from pvdm_fast.models.autoencoder import Autoencoder, AutoencoderConfig
+    from pvdm_fast.models.io import save_weights
+
+    cfg = tiny_config(train_autoencoder={"gan_start_step": -1, "total_clips": 8},
+                      train_diffusion={"total_clips": 8})
+    run = tmp_path / "ae"
+    train("autoencoder", config=str(cfg), out=str(run), data="synthetic:6", progress=False)
+    before = (run / "run.json").read_text()
+    with pytest.raises(ValueError, match=r"trained with --data synthetic:6.*gives --data synthetic:9.*--resume"):
+        train("autoencoder", config=str(cfg), out=str(run), data="synthetic:9", progress=False, auto_resume=True,
+              overrides=["total_clips=16"])
+    assert (run / "run.json").read_text() == before and load_checkpoint(run).step == 2
+    # the same data: the same run, continued
+    assert train("autoencoder", config=str(cfg), out=str(run), data="synthetic:6", progress=False,
+                 auto_resume=True, overrides=["total_clips=16"])["step"] == 4
+
+    config = AutoencoderConfig(**dict(load_config(str(cfg)).autoencoder))
+    files = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        files.append(tmp_path / f"ae{seed}.safetensors")
+        save_weights(files[-1], Autoencoder(config).state_dict(), "autoencoder", asdict(config))
+    dm = tmp_path / "dm"
+    train("diffusion", config=str(cfg), out=str(dm), data="synthetic:6", autoencoder=str(files[0]), progress=False)
+    for how in ({"auto_resume": True, "config": str(cfg), "out": str(dm)}, {"resume": str(dm)}):
+        with pytest.raises(ValueError, match="another latent space"):
+            train("diffusion", data="synthetic:6", autoencoder=str(files[1]), progress=False,
+                  overrides=["total_clips=16"], **how)
+    assert load_checkpoint(dm).step == 2
+    copy = tmp_path / "moved.safetensors"  # the same file elsewhere is the same autoencoder
+    copy.write_bytes(files[0].read_bytes())
+    assert train("diffusion", resume=str(dm), autoencoder=str(copy), progress=False,
+                 overrides=["total_clips=16"])["step"] == 4
+
+
+def test_same_source_compares_places_not_spellings(tmp_path):
+    from pvdm_fast.train.commands import _same_source
+
+    (tmp_path / "d").mkdir()
+    assert _same_source(f"ucf101:{tmp_path}/d", f"ucf101:{tmp_path}/x/../d")
+    assert not _same_source(f"ucf101:{tmp_path}/d", f"sky:{tmp_path}/d")
+    assert not _same_source("synthetic:6", "synthetic:9") and _same_source("synthetic", "synthetic")
+    assert _same_source(str(tmp_path / "d"), f"{tmp_path}/./d")
