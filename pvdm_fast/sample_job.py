@@ -263,10 +263,9 @@ def sample_to_folder(pipe, out: str | os.PathLike, *, num: int, batch_size: int,
         clips = None if context is None else pipe.context_clips(context([s - seed for s in seeds]), len(seeds))
         videos = pipe(frames=frames, seeds=seeds, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
                       condition=condition, clip_x0=clip_x0, context=clips)
-        if with_context:
-            from pvdm_fast.pipeline import to_uint8
-
-            videos = torch.cat([to_uint8(clips), videos], dim=1)
+        if with_context:  # the real frames rounded back to uint8 (a uint8 clip read without a resize is exact)
+            real = ((clips.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+            videos = torch.cat([real, videos], dim=1)
         return videos.numpy()
 
     # what None stood for in older files: the defaults, not this run's values

@@ -346,6 +346,8 @@ def test_every_sample_option_survives_torchruns_parser():
 def test_context_continues_the_first_clip_of_each_dataset_video(checkpoints, tmp_path, capsys):
     # --context synthetic:5: video i continues the first clip of the dataset's video i; --with-context
     # writes that clip before the new frames; the settings record the context; resume keeps the videos.
+    import torch
+
     from pvdm_fast.data import open_dataset
     from pvdm_fast.pipeline import Pipeline, to_uint8
 
@@ -362,9 +364,13 @@ def test_context_continues_the_first_clip_of_each_dataset_video(checkpoints, tmp
         video = np.load(output_path(out, i, "npz"))["video"]
         context = data[i]["video"][None]
         assert video.shape == (12, 16, 16, 3)
-        assert np.array_equal(video[:4], to_uint8(context)[0].numpy())  # the real clip, then the new frames
+        # the real clip (rounded back to uint8: a round trip of uint8 frames is exact), then the new frames
+        real = ((context + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)[0].numpy()
+        assert np.array_equal(video[:4], real)
         alone = pipe(seeds=[4 + i], frames=8, sampler="dpm++2m", steps=2, context=context)[0].numpy()
         assert np.abs(video[4:].astype(int) - alone.astype(int)).max() <= 1
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 4, 8, 8).expand(1, 3, 4, 8, 8)
+    assert not torch.equal(to_uint8(levels / 127.5 - 1), levels.permute(0, 2, 3, 4, 1))  # why: truncation loses levels
     settings = json.loads((out / "sample_settings.json").read_text())
     assert settings["context"]["data"] == "synthetic:5" and settings["with_context"] is True
     assert cli.main(argv[:argv.index("--num") + 1] + ["4"] + argv[argv.index("--num") + 2:]) == 0
