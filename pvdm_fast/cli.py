@@ -175,8 +175,9 @@ def _sample(args: argparse.Namespace, formats, sampler, steps, eta, device, ctx)
 
 def _context_videos(args: argparse.Namespace, pipe):
     """--context: video i continues the first clip of the dataset's i-th video (its videos in their
-    sorted order), read at the autoencoder's frame size and, for pvdm_fast weights, the frame stride
-    and resize it was trained with. Returns (indices -> float (N, 3, T, H, W), the recorded settings)."""
+    sorted order), read at the autoencoder's frame size and, for pvdm_fast weights, with the frame stride
+    and resize the diffusion model (else the autoencoder) was trained with. Returns (indices -> float
+    (N, 3, T, H, W), the recorded settings)."""
     import torch
 
     from pvdm_fast.data import open_dataset
@@ -185,12 +186,14 @@ def _context_videos(args: argparse.Namespace, pipe):
     if height != width:
         raise ValueError(f"--context reads square clips, and this autoencoder makes {height}x{width} frames")
     trained_on = {}
-    if args.autoencoder:
-        from safetensors import safe_open
+    # the clips the diffusion model was trained on (its stride and resize), else the autoencoder's
+    for path in (args.diffusion, args.autoencoder):
+        if path and not trained_on:
+            from safetensors import safe_open
 
-        with safe_open(args.autoencoder, framework="pt") as f:
-            config = json.loads((f.metadata() or {}).get("config", "{}"))
-        trained_on = config.get("data") if isinstance(config.get("data"), dict) else {}
+            with safe_open(path, framework="pt") as f:
+                config = json.loads((f.metadata() or {}).get("config", "{}"))
+            trained_on = config.get("data") if isinstance(config.get("data"), dict) else {}
     stride = args.context_stride if args.context_stride is not None else int(trained_on.get("frame_stride", 1))
     antialias = bool(trained_on.get("antialias", True))
     dataset = open_dataset(args.context, resolution=height, frames=pipe.clip_frames, stride=stride, mode="windows",
@@ -241,7 +244,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--context-split", default=None, help="--context data split (ucf101: all/train/test; sky: train/test)")
     p.add_argument("--context-fold", type=int, default=1, help="--context ucf101 split fold (1-3)")
     p.add_argument("--context-stride", type=int, default=None,
-                   help="frame stride of the context clips (default: the autoencoder file's data.frame_stride, else 1)")
+                   help="frame stride of the context clips (default: the diffusion file's data.frame_stride, else "
+                        "the autoencoder file's, else 1)")
     p.add_argument("--with-context", action="store_true", help="write each context clip before its new frames")
     p.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
     p.add_argument("--format", default="mp4", help="comma-separated: mp4, gif, png, npz")

@@ -393,3 +393,22 @@ def test_context_errors_are_clean(checkpoints, tmp_path, capsys):
         assert cli.main(_argv(checkpoints, out, "--format", "npz", *extra)) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert not any(out.glob("video_*"))
+
+
+def test_context_clips_are_cut_as_the_diffusion_model_was_trained(checkpoints, tmp_path):
+    # A diffusion file records the clips it was trained on (data.frame_stride, antialias): --context
+    # follows it rather than the autoencoder file's settings.
+    from pvdm_fast.models.io import load_weights, save_weights
+
+    state, kind, config = load_weights(checkpoints / "diffusion.safetensors")
+    strided = tmp_path / "diffusion.safetensors"
+    save_weights(strided, state, kind, {**config, "data": {"frame_stride": 2, "antialias": False}})
+    out = tmp_path / "s"
+    argv = ["sample", "--autoencoder", str(checkpoints / "ae.safetensors"), "--diffusion", str(strided), "--out",
+            str(out), "--device", "cpu", "--quiet", "--sampler", "dpm++2m", "--steps", "1", "--num", "1",
+            "--format", "npz", "--context", "synthetic:2"]
+    assert cli.main(argv) == 0
+    context = json.loads((out / "sample_settings.json").read_text())["context"]
+    assert context["stride"] == 2 and context["antialias"] is False
+    assert cli.main([*argv, "--out", str(tmp_path / "t"), "--context-stride", "1"]) == 0
+    assert json.loads((tmp_path / "t" / "sample_settings.json").read_text())["context"]["stride"] == 1

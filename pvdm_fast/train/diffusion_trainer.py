@@ -178,7 +178,12 @@ class DiffusionTrainer(Trainer):
         return metrics
 
     def _file_config(self) -> dict:
-        return {"unet": asdict(self.unet_config), "diffusion": asdict(self.diffusion_config)}
+        """The model and the clips it was trained on (`pvdm sample --context` cuts real clips the same way)."""
+        from omegaconf import OmegaConf
+
+        d = OmegaConf.to_container(self.cfg.data, resolve=True)
+        return {"unet": asdict(self.unet_config), "diffusion": asdict(self.diffusion_config),
+                "data": {k: d[k] for k in ("resolution", "frames", "frame_stride", "antialias") if k in d}}
 
     def weights(self) -> dict[str, Weights]:
         out = {"unet": Weights(self.model.state_dict(), "diffusion", self._file_config())}

@@ -161,6 +161,9 @@ def test_auto_resume_refuses_a_run_on_other_data_and_diffusion_refuses_another_a
     copy.write_bytes(files[0].read_bytes())
     assert train("diffusion", resume=str(dm), autoencoder=str(copy), progress=False,
                  overrides=["total_clips=16"])["step"] == 4
+    from pvdm_fast.models.io import load_weights  # the export records the clips it was trained on
+
+    assert load_weights(dm / "diffusion.safetensors")[2]["data"]["frame_stride"] == 1
 
 
 def test_same_source_compares_places_not_spellings(tmp_path):
