@@ -45,7 +45,7 @@ def _cmd_distance(args: argparse.Namespace) -> int:
                               stride=args.stride, resolution=args.resolution, batch_size=args.batch_size,
                               seed=args.seed, split=args.split, fold=args.fold, workers=args.workers,
                               stats_cache=args.stats_cache, device=ctx.device, kvd=kvd, progress=not args.quiet,
-                              sample_stride=args.sample_stride)
+                              sample_stride=args.sample_stride, antialias=args.antialias)
         if args.metric == "kvd":
             result = {k: result[k] for k in ("kvd", "kvd_std", "subset_size", "num_subsets", "fvd", "protocol")}
         default = pathlib.Path(args.fake) / f"{args.metric}{args.frames}.json"
@@ -118,6 +118,9 @@ def add_eval(sub) -> None:
         c.add_argument("--sample-stride", type=int, default=None,
                        help="frame stride inside the generated videos (default: --stride); 1 for a model trained "
                             "at data.frame_stride = --stride, whose samples are already strided")
+        c.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=True,
+                       help="antialiased resize of the real clips (default); --no-antialias: plain bilinear, as the "
+                            "official loader (and data.antialias=false training)")
         c.add_argument("--stats-cache", default=None,
                        help="real statistics .npz: reused when its protocol matches, written otherwise")
         if metric == "kvd":

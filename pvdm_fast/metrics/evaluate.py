@@ -86,9 +86,12 @@ def _check_real_size(size: tuple[int, int], fake, real_size: int, real_desc: str
 
 
 def real_features(real: str, extract, net: dict, *, num: int, frames: int, stride: int, resolution: int,
-                  batch_size: int, seed: int, split, fold: int, workers: int, stats_cache, progress: bool):
+                  batch_size: int, seed: int, split, fold: int, workers: int, stats_cache, progress: bool,
+                  antialias: bool = True):
     """(mean, cov, features, protocol) of the real side: a statistics file, or a dataset spec (cached
-    in `stats_cache` when given; a cache made with another protocol is refused)."""
+    in `stats_cache` when given; a cache made with another protocol is refused). `antialias=False`:
+    the real clips are resized with plain bilinear, as the official loader does (recorded in the
+    protocol only then, so statistics made before the option keep matching the default)."""
     path = pathlib.Path(real)
     if real.endswith(".npz"):
         stats, protocol = load_stats(path)
@@ -96,7 +99,7 @@ def real_features(real: str, extract, net: dict, *, num: int, frames: int, strid
         return stats["mean"], stats["cov"], stats["features"], {"stats_file": str(path), **protocol}
     protocol = {"format": STATS_FORMAT, **net, "frames": frames, "stride": stride, "data": str(real),
                 "split": split, "fold": fold, "resolution": resolution, "num": num, "seed": seed,
-                "clip_sampling": CLIP_SAMPLING}
+                "clip_sampling": CLIP_SAMPLING, **({} if antialias else {"antialias": False})}
     if stats_cache is not None:
         stats_cache = check_cache_path(stats_cache)
     if stats_cache is not None and stats_cache.is_file():
@@ -106,7 +109,7 @@ def real_features(real: str, extract, net: dict, *, num: int, frames: int, strid
     rank, world = dist_rank_world()
     batches = iter_dataset_batches(real, num=num, frames=frames, stride=stride, resolution=resolution,
                                    batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers,
-                                   rank=rank, world_size=world)
+                                   rank=rank, world_size=world, antialias=antialias)
     stats = accumulate(batches, extract, progress=progress, total=num, desc="real")
     if stats_cache is not None and rank == 0:
         save_stats(stats_cache, stats, protocol)
@@ -132,7 +135,7 @@ def fake_features(fake, extract, *, num, frames, stride, batch_size, progress,
 def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 16, stride: int = 1,
                  resolution: int = 256, batch_size: int = 8, seed: int = 0, split=None, fold: int = 1,
                  workers: int = 0, stats_cache=None, device="cpu", kvd: dict | None = None,
-                 progress: bool = False, sample_stride: int | None = None) -> dict:
+                 progress: bool = False, sample_stride: int | None = None, antialias: bool = True) -> dict:
     """FVD (and KVD when `kvd` holds its options) of the videos in `fake` against `real`.
 
     Every option, the I3D's minimum clip length, the generated videos' resolution against the real
@@ -170,7 +173,7 @@ def evaluate_fvd(*, real: str, fake, i3d, num: int | None = 2048, frames: int = 
     mean, cov, feats, real_protocol = real_features(
         real, extract, net, num=num, frames=frames, stride=stride, resolution=resolution,
         batch_size=batch_size, seed=seed, split=split, fold=fold, workers=workers, stats_cache=stats_cache,
-        progress=progress)
+        progress=progress, antialias=antialias)
     if from_stats and isinstance(real_protocol.get("resolution"), int):
         r = real_protocol["resolution"]
         _check_real_size(size, fake, r, f"the statistics in {real} are of {r}x{r} real clips",

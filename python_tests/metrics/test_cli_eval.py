@@ -57,6 +57,16 @@ def test_fvd_cache_kvd_and_protocol_refusal(files, capsys):
     assert _run("fvd", "--real", "synthetic:3", "--resolution", "32", "--stats-cache", str(cache), *common,
                 "--stride", "1", "--seed", "1") == 2
     assert "seed: 0 in the file, 1 now" in capsys.readouterr().err
+    # The official plain-bilinear resize of the real clips is another protocol too (recorded only when
+    # on, so the cache of the default resize, written before the option, still matches it).
+    assert "antialias" not in json.loads(json.dumps(first["protocol"]["real"]))
+    assert _run("fvd", "--real", "synthetic:3", "--resolution", "32", "--stats-cache", str(cache), *common,
+                "--no-antialias") == 2
+    assert "antialias" in capsys.readouterr().err
+    plain = files / "plain.json"
+    assert _run("fvd", "--real", "synthetic:3", "--resolution", "32", *common, "--no-antialias", "--out",
+                str(plain)) == 0
+    assert json.loads(plain.read_text())["protocol"]["real"]["antialias"] is False
     # Statistics of 32x32 real clips against 16x16 samples: refused, not silently compared.
     small = files / "fake16"
     small.mkdir()
@@ -277,7 +287,7 @@ def test_every_eval_option_survives_torchruns_parser():
     commands = {
         "fvd": ["--real", "r", "--fake", "f", "--i3d", "i", "--num-videos", "8", "--frames", "16", "--stride", "1",
                 "--batch-size", "2", "--device", "cpu", "--out", "o.json", "--quiet", "--split", "test", "--fold",
-                "1", "--seed", "0", "--workers", "0", "--resolution", "64", "--stats-cache", "s.npz"],
+                "1", "--seed", "0", "--workers", "0", "--resolution", "64", "--stats-cache", "s.npz", "--no-antialias"],
         "kvd": ["--real", "r", "--fake", "f", "--i3d", "i", "--num-videos", "8", "--subsets", "3",
                 "--subset-size", "4"],
         "is": ["--fake", "f", "--c3d", "c", "--c3d-mean", "m", "--splits", "2", "--num-videos", "8"],
@@ -313,3 +323,16 @@ def test_sample_stride_for_a_model_trained_on_strided_clips(files, tmp_path, cap
     assert _run("fvd", *common) == 2  # samples read at stride 2 too: 9 frames are not enough
     assert "at stride 2 need" in capsys.readouterr().err
     assert _run("fvd", *common, "--sample-stride", "0") == 2
+
+
+@pytest.mark.parametrize("flag,expected", [([], True), (["--no-antialias"], False)])
+def test_fvd_resizes_the_real_clips_as_asked(files, monkeypatch, flag, expected):
+    from pvdm_fast.metrics import evaluate
+
+    seen = []
+    original = evaluate.iter_dataset_batches
+    monkeypatch.setattr(evaluate, "iter_dataset_batches", lambda *a, **k: seen.append(k["antialias"]) or original(*a, **k))
+    assert _run("fvd", "--real", "synthetic:3", "--resolution", "32", "--fake", str(files / "fake"), "--i3d",
+                str(files / "i3d.pt"), "--num", "2", "--frames", str(FRAMES), "--batch-size", "2", *flag,
+                "--out", str(files / f"aa{expected}.json")) == 0
+    assert seen == [expected]
