@@ -171,22 +171,14 @@ def run_sample_job(generate: Callable[[list[int]], np.ndarray], out: str | os.Pa
         raise ValueError(f"--fps must be positive, got {fps}")
     ctx = ctx if ctx is not None else D.DistContext(0, 1, 0, None)
     out = pathlib.Path(out)
-    todo, error = [], None
-    if ctx.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            check_settings(out, {**(settings or {}), "seed": seed, "fps": fps}, defaults)
-            todo = [i for i in range(num) if not is_done(out, i, formats)]
-        except (ValueError, OSError) as exc:
-            if not ctx.distributed:
-                raise
-            error = exc
-    # Every rank learns rank 0's verdict, so a refused folder stops all of them (no rank left waiting).
-    message, todo = D.broadcast_object(ctx, (None if error is None else str(error), todo))
-    if message is not None:
-        if error is not None:
-            raise error
-        raise ValueError(f"{message} (reported by rank 0)")
+
+    def missing() -> list[int]:
+        out.mkdir(parents=True, exist_ok=True)
+        check_settings(out, {**(settings or {}), "seed": seed, "fps": fps}, defaults)
+        return [i for i in range(num) if not is_done(out, i, formats)]
+
+    # Rank 0's verdict on every rank: a refused folder stops all of them (no rank left waiting).
+    todo = D.decided_by_rank0(ctx.rank, ctx.world_size, missing)
     existing = num - len(todo)
     mine = todo[ctx.rank::ctx.world_size]
     from tqdm.auto import tqdm

@@ -313,7 +313,7 @@ def test_each_rank_makes_every_world_size_th_missing_video(tmp_path, monkeypatch
     # batches of its own; the count returned is every rank's.
     from pvdm_fast.train import distributed as D
 
-    monkeypatch.setattr(D, "broadcast_object", lambda ctx, obj: (None, [0, 2, 3, 4, 5, 6, 7]))
+    monkeypatch.setattr(D, "decided_by_rank0", lambda rank, world, decide: [0, 2, 3, 4, 5, 6, 7])
     monkeypatch.setattr(D, "gather_objects", lambda ctx, obj: [3, obj, 2])
     calls = []
     ctx = D.DistContext(1, 3, 1, None)

@@ -31,6 +31,7 @@ import torch
 
 from pvdm_fast._atomic import atomic_write
 from pvdm_fast.data.latent_pairs import build_pair_index
+from pvdm_fast.train.distributed import decided_by_rank0
 from pvdm_fast.data.sources import SyntheticVideo
 from pvdm_fast.data.specs import FORMATS
 from pvdm_fast.devices import resolve_device
@@ -201,31 +202,6 @@ def _with_shards(manifest: dict, records: dict[int, dict]) -> dict:
             "count": sum(r["count"] for r in ordered)}
 
 
-def _decided_by_rank0(rank: int, world: int, decide):
-    """`decide()` run on rank 0 and its result given to every rank; an error there is raised on every
-    rank (a ValueError or FileNotFoundError as itself, so that each rank's CLI exits 2 with the
-    message) instead of leaving the other ranks waiting in a collective."""
-    if world == 1:
-        return decide()
-    result = failure = error = None
-    if rank == 0:
-        try:
-            result = decide()
-        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
-            error = exc
-            kind = type(exc) if type(exc) in (ValueError, FileNotFoundError) else RuntimeError
-            failure = (kind, str(exc) if kind is not RuntimeError else f"rank 0 failed: {exc!r}")
-    box = [(result, failure)]
-    torch.distributed.broadcast_object_list(box, src=0)
-    result, failure = box[0]
-    if failure is not None:
-        torch.distributed.barrier()  # every rank has the error before the first one exits
-        if error is not None:
-            raise error
-        raise failure[0](failure[1])
-    return result
-
-
 def _start(out: pathlib.Path, autoencoder_id: str, autoencoder_config: dict, dataset, shard_size: int,
            store_dtype: torch.dtype, rank: int, world: int) -> tuple[dict, dict[int, dict]]:
     """The manifest (checked against this run, on rank 0) and the records of the shards done."""
@@ -246,7 +222,7 @@ def _start(out: pathlib.Path, autoencoder_id: str, autoencoder_config: dict, dat
         complete = manifest["complete"] and len(records) == -(-len(dataset) // shard_size)
         return {**_with_shards(manifest, records), "complete": complete}, records
 
-    return _decided_by_rank0(rank, world, decide)
+    return decided_by_rank0(rank, world, decide)
 
 
 @torch.no_grad()
@@ -309,7 +285,7 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset, out_dir: str | os.Path
         _write_manifest(out, final)
         return final
 
-    manifest = _decided_by_rank0(rank, world, finish)
+    manifest = decided_by_rank0(rank, world, finish)
     bar.close()
     return manifest
 

@@ -113,3 +113,29 @@ def broadcast_module(ctx: DistContext, module: torch.nn.Module) -> None:
         return
     for tensor in module.state_dict().values():
         dist.broadcast(tensor, src=0)
+
+
+def decided_by_rank0(rank: int, world: int, decide):
+    """`decide()` run on rank 0 and its result given to every rank (one collective). An error there is
+    raised on every rank instead of leaving the others waiting in a collective: on rank 0 as itself,
+    elsewhere as a ValueError or FileNotFoundError with its message (so each rank's CLI exits 2 saying
+    why), any other error as a RuntimeError naming it."""
+    if world == 1:
+        return decide()
+    result = failure = error = None
+    if rank == 0:
+        try:
+            result = decide()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            error = exc
+            kind = type(exc) if type(exc) in (ValueError, FileNotFoundError) else RuntimeError
+            failure = (kind, f"{exc} (reported by rank 0)" if kind is not RuntimeError else f"rank 0 failed: {exc!r}")
+    box = [(result, failure)]
+    dist.broadcast_object_list(box, src=0)
+    result, failure = box[0]
+    if failure is not None:
+        dist.barrier()  # every rank has the error before the first one exits
+        if error is not None:
+            raise error
+        raise failure[0](failure[1])
+    return result
