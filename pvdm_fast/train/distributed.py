@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,14 @@ def setup(device: str | None = None, timeout_minutes: float = 30.0) -> DistConte
 
 
 def teardown(ctx: DistContext) -> None:
+    """Leave the process group. After a normal end (called from a `finally`, with no exception on its
+    way) every rank first meets at a barrier, so none closes its connections while another still
+    finishes its last collective: a 2-rank gloo run was seen to abort (SIGABRT, "terminate called
+    without an active exception") at exit once in CI, and this race is the suspected cause. On an error, no
+    barrier: the other ranks may be anywhere, and torchrun stops them."""
     if ctx.initialised_here and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
